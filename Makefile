@@ -1,0 +1,23 @@
+# The two set-up commands: `make train` (the default training run) and `make test`.
+# Each creates the virtualenv .venv on first use and installs what it needs into it.
+PYTHON ?= python3
+# The CPU build of torch, from this machine's disk. Set TORCH= to keep a torch you already have.
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: train test lint
+
+$(VENV)/installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH),$(BIN)/python -m pip install -q "$(TORCH)")
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+train: $(VENV)/installed
+	$(BIN)/nin train --preset quick
+
+test: $(VENV)/installed
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/python -m pytest

@@ -1,0 +1,149 @@
+"""The `nin` command: summary, train, evaluate, predict. A thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from nin.config import FIELDS, Config, load_config, load_preset, presets
+from nin.errors import NinError
+
+DEFAULT_PRESET = "quick"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nin", description="d2l's Network in Network on Fashion-MNIST.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("summary", help="layers, output shapes, parameters and MACs")
+    p.add_argument("--resize", type=int, default=224, help="input side length (default 224)")
+
+    p = commands.add_parser(
+        "train",
+        help="train NiN on Fashion-MNIST",
+        description="Settings come from the preset (or config file), then from the flags.",
+    )
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", help=f"a bundled recipe: {', '.join(presets())} (default {DEFAULT_PRESET})")
+    source.add_argument("--config", type=Path, help="a TOML or JSON config file (e.g. a run's config.json)")
+    for name, field in FIELDS.items():
+        kind = {"int": int, "float": float, "str": str}[field.type]
+        p.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, help=f"{field.metadata['help']} (seed: {field.default})"
+        )
+    p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
+    p.add_argument("--force", action="store_true", help="reuse a non-empty --out, overwriting its files")
+    _add_data_dir(p)
+
+    p = commands.add_parser("evaluate", help="test accuracy, per-class accuracy and a confusion matrix PNG")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--plot", type=Path, help="confusion matrix PNG (default: confusion_matrix.png beside the checkpoint)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
+    _add_data_dir(p)
+
+    p = commands.add_parser("predict", help="top-3 classes for PNG/JPEG images")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with the four Fashion-MNIST .gz files (default $NIN_DATA_DIR, else the bundled copy)",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict}[args.command](args)
+    except NinError as e:
+        print(f"nin: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nin: interrupted", file=sys.stderr)
+        return 130
+
+
+def summary(args: argparse.Namespace) -> int:
+    from nin.model import NiN, layer_summary
+    from nin.train import check_resize
+
+    net = NiN()
+    check_resize(net, args.resize)
+    rows = layer_summary(net, args.resize)
+    print(f"{'layer':<22}{'output shape':<20}{'params':>12}{'MACs':>15}")
+    for r in rows:
+        print(f"{r['name']:<22}{str(r['output_shape']):<20}{r['params']:>12,}{r['macs']:>15,}")
+    params, macs = sum(r["params"] for r in rows), sum(r["macs"] for r in rows)
+    print(f"{'total':<42}{params:>12,}{macs:>15,}")
+    print(f"{params:,} parameters, {macs / 1e9:.3f} GMAC per {args.resize}x{args.resize} image")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from nin.train import train as run_training
+
+    if args.config:
+        config, name = load_config(args.config), args.config.stem
+    else:
+        name = args.preset or DEFAULT_PRESET
+        config = load_preset(name)
+    overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}
+    config = Config(**{**config.to_dict(), **overrides})
+    out = args.out or _new_run_dir(name)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise NinError(
+            f"{out} already exists and is not empty; choose another --out, or pass --force to overwrite "
+            "the run files in it"
+        )
+    print(f"preset {name}: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
+    run_training(config, out, args.data_dir)
+    return 0
+
+
+def _new_run_dir(name: str) -> Path:
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from nin.checkpoint import resolve
+    from nin.evaluate import evaluate as run_evaluation
+
+    plot = args.plot or resolve(args.checkpoint).parent / "confusion_matrix.png"
+    result = run_evaluation(args.checkpoint, args.data_dir, args.device, args.test_limit, plot)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['checkpoint']}: test accuracy {result['test_acc']:.4f} on {result['examples']} images")
+    for name, acc in result["per_class_acc"].items():
+        print(f"  {name:<12} {acc:.4f}")
+    print(f"confusion matrix: {result['confusion_png']}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from nin.evaluate import predict as run_prediction
+
+    results = run_prediction(args.checkpoint, args.images)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 0

@@ -1,0 +1,95 @@
+"""Training recipes: a frozen dataclass whose defaults are the seed's, and presets as small TOML diffs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from nin.errors import NinError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def _field(default: object, help: str) -> dataclasses.Field:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Config:
+    """A training run. The defaults are the seed notebook's recipe (d2l `train_ch6`)."""
+
+    resize: int = _field(224, "side length the 28x28 images are resized to (bilinear), as d2l's resize")
+    dropout: float = _field(0.5, "dropout probability before the last mlpconv block")
+    epochs: int = _field(5, "passes over the training data")
+    batch_size: int = _field(256, "examples per SGD step")
+    lr: float = _field(0.05, "SGD learning rate")
+    momentum: float = _field(0.0, "SGD momentum (the seed uses plain SGD: 0)")
+    init: str = _field("xavier", "weight init: xavier (d2l's) or kaiming (He et al., for ReLU networks)")
+    seed: int = _field(0, "seeds the initialisation, dropout and the data order")
+    device: str = _field("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
+    test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise NinError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise NinError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise NinError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.momentum < 1:
+            raise NinError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.init not in ("xavier", "kaiming"):
+            raise NinError(f"init must be xavier or kaiming, got {self.init!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise NinError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if self.train_limit < 0 or self.test_limit < 0:
+            raise NinError("train_limit and test_limit must be 0 (all) or positive")
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def load_preset(name: str) -> Config:
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise NinError(f"unknown preset {name!r}; choose from {', '.join(presets())}")
+    return load_config(path)
+
+
+def load_config(path: Path) -> Config:
+    """A config file: TOML (like the presets) or JSON (like a run's config.json); unset fields keep defaults."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except OSError as e:
+        raise NinError(f"cannot read config file {path}: {e.strerror}") from None
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise NinError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
+    return from_dict(values, source=str(path))
+
+
+def from_dict(values: dict, source: str = "config") -> Config:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise NinError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+    for name, value in values.items():
+        kind = {"int": int, "float": (int, float), "str": str}[FIELDS[name].type]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise NinError(f"{source}: {name} should be {FIELDS[name].type}, got {value!r}")
+    return Config(**values)

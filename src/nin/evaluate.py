@@ -1,0 +1,83 @@
+"""Evaluation of a trained run (accuracy, per-class accuracy, confusion matrix) and prediction on images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from nin.checkpoint import model_from_checkpoint, resolve
+from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
+from nin.errors import NinError
+from nin.plots import plot_confusion
+from nin.train import pick_device
+
+
+def confusion_matrix(net: torch.nn.Module, batches: Batches) -> torch.Tensor:
+    """(10, 10) counts: row = true class, column = predicted class."""
+    net.eval()
+    n = len(CLASS_NAMES)
+    matrix = torch.zeros(n * n, dtype=torch.long, device=batches.device)
+    with torch.inference_mode():
+        for x, y in batches:
+            matrix += torch.bincount(y * n + net(x).argmax(dim=1), minlength=n * n)
+    return matrix.reshape(n, n).cpu()
+
+
+def evaluate(
+    path: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0, plot: Path | None = None
+) -> dict:
+    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint (or run directory)."""
+    checkpoint = resolve(path)
+    net, config = model_from_checkpoint(checkpoint)
+    dev = pick_device(device)
+    net = net.to(dev, memory_format=torch.channels_last)
+    images, labels = load_fashion_mnist("test", data_dir)
+    if test_limit:
+        images, labels = images[:test_limit], labels[:test_limit]
+    matrix = confusion_matrix(net, Batches(images, labels, config.batch_size, config.resize, dev))
+    per_class = matrix.diag() / matrix.sum(dim=1).clamp(min=1)
+    result = {
+        "checkpoint": str(checkpoint),
+        "examples": len(labels),
+        "test_acc": matrix.diag().sum().item() / len(labels),
+        "per_class_acc": dict(zip(CLASS_NAMES, per_class.tolist())),
+        "confusion_matrix": matrix.tolist(),
+    }
+    if plot:
+        plot_confusion(matrix, CLASS_NAMES, plot, title=f"test accuracy {result['test_acc']:.4f}")
+        result["confusion_png"] = str(plot)
+    return result
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """Any PNG/JPEG -> (28, 28) uint8 grayscale, the format of a Fashion-MNIST image.
+
+    Images of another size are first brought to 28x28 (bilinear, antialiased), so that they then
+    go through exactly the resize the network was trained with. No inversion: Fashion-MNIST shows a
+    light garment on a black background.
+    """
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L")
+            if img.size != (28, 28):
+                img = img.resize((28, 28), Image.Resampling.BILINEAR)
+            return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(28, 28)
+    except FileNotFoundError:
+        raise NinError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise NinError(f"{path}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
+
+
+def predict(path: Path, image_paths: list[Path], top: int = 3) -> list[dict]:
+    """Top-`top` classes with probabilities for each image, from a checkpoint (or run directory)."""
+    net, config = model_from_checkpoint(path)
+    images = torch.stack([load_image(p) for p in image_paths])
+    with torch.inference_mode():
+        probs = torch.cat([net(resize(chunk, config.resize)).softmax(dim=1) for chunk in images.split(256)])
+    values, indices = probs.topk(top, dim=1)
+    return [
+        {"image": str(p), "top": [{"class": CLASS_NAMES[i], "prob": v} for v, i in zip(vs.tolist(), ix.tolist())]}
+        for p, vs, ix in zip(image_paths, values, indices)
+    ]

@@ -1,0 +1,132 @@
+"""Network in Network (Lin, Chen & Yan, 2014) as defined in d2l's NiN chapter.
+
+`NiN()` is the seed notebook's `nn.Sequential`, layer for layer: iterating over it gives the
+same layers, and its `state_dict()` has the same keys and shapes, so weights move both ways.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["NiN", "nin_block", "init_weights", "init_kaiming", "INITS", "feature_sizes", "min_resize", "layer_summary"]
+
+
+def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: int, padding: int) -> nn.Sequential:
+    """An mlpconv block: a k x k convolution, then two 1x1 convolutions (an MLP per pixel)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, kernel_size=1),
+        nn.ReLU(),
+    )
+
+
+# The feature blocks as (out_channels, kernel_size, stride, padding). Each is followed by a 3x3/2
+# max-pool. Shapes are for a (1, 1, 224, 224) input.
+BLOCKS = (
+    (96, 11, 4, 0),  # (1, 96, 54, 54), pooled to (1, 96, 26, 26)
+    (256, 5, 1, 2),  # (1, 256, 26, 26), pooled to (1, 256, 12, 12)
+    (384, 3, 1, 1),  # (1, 384, 12, 12), pooled to (1, 384, 5, 5)
+)
+
+
+class NiN(nn.Sequential):
+    """d2l's NiN for `in_channels` x 224 x 224 input: 1,992,166 parameters, 0.762 GMAC at 224.
+
+    Shapes for a (1, 1, 224, 224) input are given after each layer.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.5):
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out_channels, kernel_size, stride, padding in BLOCKS:
+            layers += [
+                nin_block(channels, out_channels, kernel_size, stride, padding),
+                nn.MaxPool2d(kernel_size=3, stride=2),
+            ]
+            channels = out_channels
+        super().__init__(
+            *layers,
+            nn.Dropout(dropout),  # (1, 384, 5, 5)
+            nin_block(channels, num_classes, kernel_size=3, strides=1, padding=1),  # (1, 10, 5, 5)
+            nn.AdaptiveAvgPool2d((1, 1)),  # (1, 10, 1, 1): global average pooling of each class map
+            nn.Flatten(),  # (1, 10)
+        )
+
+
+def init_weights(module: nn.Module) -> None:
+    """d2l's `init_weights`: Xavier-uniform weights for Linear/Conv2d; biases keep PyTorch's default."""
+    if type(module) in (nn.Linear, nn.Conv2d):
+        nn.init.xavier_uniform_(module.weight)
+
+
+def init_kaiming(module: nn.Module) -> None:
+    """He et al. (2015) init for ReLU networks: keeps the signal's variance through all 12 conv layers,
+    where Xavier halves it at every ReLU, so NiN starts learning at once instead of sitting at ln(10)."""
+    if type(module) in (nn.Linear, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        nn.init.zeros_(module.bias)
+
+
+INITS = {"xavier": init_weights, "kaiming": init_kaiming}
+
+
+def feature_sizes(model: nn.Module, size: int) -> list[int]:
+    """Side length after each convolution and pooling layer for a `size` x `size` input."""
+    sizes = []
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p = (_pair(getattr(layer, name)) for name in ("kernel_size", "stride", "padding"))
+            size = (size + 2 * p - k) // s + 1
+            sizes.append(size)
+    return sizes
+
+
+def _pair(value: int | tuple[int, ...]) -> int:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def min_resize(model: nn.Module) -> int:
+    """The smallest input side length for which every layer still has an output of at least 1x1."""
+    size = 1
+    while min(feature_sizes(model, size)) < 1:
+        size += 1
+    return size
+
+
+def layer_summary(model: nn.Module, size: int, in_channels: int = 1) -> list[dict]:
+    """One row per top-level layer (the seed's shape walk): name, output shape, parameters, MACs.
+
+    MACs (multiply-accumulates) count convolutions and linear layers only; pooling and ReLU are a
+    rounding error. This is the convention behind "0.762 GMAC" for NiN at 224.
+    """
+    macs: dict[nn.Module, int] = {}
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        # each output element costs one MAC per weight of its filter: (in_channels/groups) * k * k
+        per_output = module.in_features if isinstance(module, nn.Linear) else module.weight[0].numel()
+        macs[module] = output.numel() * per_output
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    rows = []
+    x = torch.zeros(1, in_channels, size, size)
+    try:
+        with torch.no_grad():
+            for i, layer in enumerate(model.children()):
+                x = layer(x)
+                kind = "nin_block" if isinstance(layer, nn.Sequential) else type(layer).__name__
+                rows.append(
+                    {
+                        "name": f"{i} {kind}",
+                        "output_shape": tuple(x.shape),
+                        "params": sum(p.numel() for p in layer.parameters()),
+                        "macs": sum(macs.get(m, 0) for m in layer.modules()),
+                    }
+                )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows

@@ -1,0 +1,54 @@
+"""PNG figures: training curves (like d2l's Animator) and the confusion matrix."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from nin.io import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_curves(history: list[dict], epochs: int, path: Path) -> None:
+    """Train loss, train acc and test acc against epoch, on d2l's axes (x from 1 to the last epoch)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    x = [m["epoch"] for m in history]
+    for key, style in (("train_loss", "-"), ("train_acc", "m--"), ("test_acc", "g-.")):
+        ax.plot(x, [m[key] for m in history], style, marker="o", markersize=3, label=key.replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_xlim(1, max(epochs, 2))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Path, title: str = "") -> None:
+    """Rows: true class, columns: predicted class; each cell holds its count."""
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    ax.imshow(matrix.tolist(), cmap="Blues")
+    n = len(class_names)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = matrix.max().item() / 2
+    for i in range(n):
+        for j in range(n):
+            count = int(matrix[i, j])
+            ax.text(
+                j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black"
+            )
+    _save(fig, path)

@@ -1,0 +1,131 @@
+"""Every command through the real entry point; errors are one line and a non-zero exit, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from nin.cli import main
+from nin.data import load_fashion_mnist
+
+
+def nin(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "nin", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_help_lists_every_command():
+    result = nin("--help")
+    assert result.returncode == 0
+    for command in ("summary", "train", "evaluate", "predict"):
+        assert command in result.stdout
+    train_help = nin("train", "--help").stdout
+    for flag in ("--preset", "--config", "--epochs", "--lr", "--batch-size", "--resize", "--device", "--seed",
+                 "--train-limit", "--test-limit", "--out", "--force", "--data-dir"):  # fmt: skip
+        assert flag in train_help
+
+
+def test_summary(capsys):
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "(1, 96, 54, 54)" in out and "1,992,166" in out and "0.762 GMAC" in out
+    assert main(["summary", "--resize", "96"]) == 0
+    assert "(1, 10)" in capsys.readouterr().out
+
+
+def test_summary_resize_too_small_in_a_real_process():
+    assert_clean_error(nin("summary", "--resize", "32"), "too small", "67x67")
+
+
+def test_train_smoke_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "quick", "--epochs", "1", "--resize", "67", "--train-limit", "128",
+            "--test-limit", "64", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = nin(*args)
+    assert result.returncode == 0, result.stderr
+    assert "training on cpu" in result.stdout
+    assert "examples/sec on cpu" in result.stdout and "test acc" in result.stdout
+    assert (out / "checkpoint.pt").exists()
+    before = (out / "checkpoint.pt").read_bytes()
+    assert_clean_error(nin(*args), "already exists", "--force")
+    assert (out / "checkpoint.pt").read_bytes() == before  # untouched
+    assert nin(*args, "--force").returncode == 0
+
+
+def test_train_default_run_directory(tmp_path):
+    result = nin("train", "--epochs", "1", "--resize", "67", "--train-limit", "64", "--test-limit", "32",
+                 "--device", "cpu", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("quick-") and (run / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--preset", "fats"], ["unknown preset 'fats'", "choose from"]),
+        (["train", "--resize", "20"], ["too small", "67x67"]),
+        (["train", "--lr", "-1"], ["lr must be positive"]),
+        (["train", "--config", "missing.toml"], ["cannot read config file"]),
+        (["train", "--device", "cuda"], ["no CUDA device"]),
+        (["evaluate", "nowhere"], ["no such checkpoint"]),
+        (["predict", "nowhere", "x.png"], ["no such checkpoint"]),
+    ],
+)
+def test_bad_input_gives_one_clear_error(tmp_path, monkeypatch, capsys, args, fragments):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nin: error: ") and err.count("\n") == 1
+    for fragment in fragments:
+        assert fragment in err
+    assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_unknown_option_is_refused():
+    result = nin("train", "--epoch", "3x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "usage:" in result.stderr
+
+
+def test_bad_data_dir(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"junk")
+    result = nin("train", "--resize", "67", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert_clean_error(result, "train-images-idx3-ubyte.gz: not a readable gzip file")
+
+
+def test_evaluate_and_predict(trained_run, tmp_path):
+    result = nin("evaluate", str(trained_run), "--json", "--test-limit", "200", "--plot", str(tmp_path / "cm.png"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 0 <= report["test_acc"] <= 1 and len(report["per_class_acc"]) == 10
+    assert (tmp_path / "cm.png").exists()
+    text = nin("evaluate", str(trained_run / "checkpoint.pt"), "--test-limit", "200", "--plot", str(tmp_path / "c.png"))
+    assert "test accuracy" in text.stdout and "Ankle boot" in text.stdout
+
+    images, _ = load_fashion_mnist("test")
+    png = tmp_path / "boot.png"
+    Image.fromarray(images[0].numpy()).save(png)
+    result = nin("predict", str(trained_run), str(png))
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip()
+    assert line.startswith(f"{png}: ") and line.count(",") == 2
+    assert len(json.loads(nin("predict", str(trained_run), str(png), "--json").stdout)[0]["top"]) == 3
+
+
+def test_module_and_console_script_agree():
+    assert (
+        nin("summary").stdout
+        == subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "nin"), "summary"], capture_output=True, text=True
+        ).stdout
+    )

@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from nin.config import Config, from_dict, load_config, load_preset, presets
+from nin.errors import NinError
+
+
+def test_d2l_preset_is_the_seed_recipe():
+    config = load_preset("d2l")
+    assert (config.resize, config.epochs, config.batch_size, config.lr, config.momentum, config.dropout) == (
+        224, 5, 256, 0.05, 0.0, 0.5,
+    )  # fmt: skip
+    assert config == Config()  # the dataclass defaults are the seed's too
+
+
+def test_every_preset_loads():
+    assert {"d2l", "quick"} <= set(presets())
+    for name in presets():
+        assert isinstance(load_preset(name), Config)
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(NinError, match="unknown preset 'fats'; choose from d2l"):
+        load_preset("fats")
+
+
+def test_config_file_round_trip(tmp_path):
+    config = Config(epochs=2, lr=0.1, resize=96)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert load_config(path) == config
+    toml = tmp_path / "mine.toml"
+    toml.write_text("epochs = 3\nlr = 1  # an int is a fine float\n")
+    assert load_config(toml) == Config(epochs=3, lr=1.0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochz = 3", "unknown setting.*epochz.*valid: resize"),
+        ("epochs = 'three'", "epochs should be int"),
+        ("epochs = true", "epochs should be int"),
+        ("lr = -1.0", "lr must be positive"),
+        ("resize = 0", "resize must be at least 1"),
+        ("device = 'tpu'", "device must be auto, cpu, cuda or mps"),
+        ("epochs = ", "not valid TOML"),
+    ],
+)
+def test_bad_config_file_gives_one_clear_error(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(NinError, match=message):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(NinError, match="cannot read config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_from_dict_names_the_source():
+    with pytest.raises(NinError, match="^ckpt: unknown setting"):
+        from_dict({"colour": 1}, source="ckpt")

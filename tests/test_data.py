@@ -1,0 +1,164 @@
+import gzip
+import hashlib
+import http.server
+import os
+import shutil
+import threading
+from functools import partial
+
+import pytest
+import torch
+from PIL import Image
+
+from nin import data
+from nin.data import CLASS_NAMES, FILES, Batches, load_fashion_mnist, resize
+from nin.errors import NinError
+
+
+def test_bundled_data_is_the_real_fashion_mnist():
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    assert train_x.shape == (60000, 28, 28) and train_x.dtype == torch.uint8
+    assert test_x.shape == (10000, 28, 28) and test_y.dtype == torch.int64
+    # facts from the dataset's README
+    assert train_y[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert test_y[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert torch.bincount(train_y).tolist() == [6000] * 10
+    assert round(train_x.float().div(255).mean().item(), 4) == 0.2860
+    assert len(CLASS_NAMES) == 10 and CLASS_NAMES[0] == "T-shirt/top" and CLASS_NAMES[9] == "Ankle boot"
+
+
+def test_data_dir_and_environment_variable(data_copy, monkeypatch):
+    x, _ = load_fashion_mnist("test", data_copy)
+    assert x.shape == (10000, 28, 28)
+    monkeypatch.setenv("NIN_DATA_DIR", str(data_copy))
+    assert data.default_data_dir() == data_copy
+
+
+def test_checksum_is_cached_and_rechecked_when_the_file_changes(data_copy, monkeypatch):
+    calls = []
+    real = data._sha256
+    monkeypatch.setattr(data, "_sha256", lambda blob: calls.append(len(blob)) or real(blob))
+    load_fashion_mnist("test", data_copy)
+    assert sorted(calls) == [5148, 4422102]  # both test files hashed
+    load_fashion_mnist("test", data_copy)
+    assert len(calls) == 2  # cached: not hashed again
+    os.utime(data_copy / "t10k-labels-idx1-ubyte.gz", ns=(0, 0))
+    load_fashion_mnist("test", data_copy)
+    assert calls[2:] == [5148]  # a touched file is verified again
+
+
+def _rewrite(path, payload: bytes) -> None:
+    path.write_bytes(gzip.compress(payload))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable gzip file"),
+        (lambda p: p.write_bytes(b"this is not gzip"), "not a readable gzip file"),
+        (lambda p: _rewrite(p, b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:]), "magic number"),
+        (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-28]), "shape"),
+        (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-1] + b"\x07"), "checksum mismatch"),
+    ],
+    ids=["truncated", "not-gzip", "wrong-magic", "wrong-size", "checksum"],
+)
+def test_damaged_file_gives_one_clear_error(data_copy, damage, message):
+    path = data_copy / "t10k-labels-idx1-ubyte.gz"
+    damage(path)
+    with pytest.raises(NinError, match=message) as e:
+        load_fashion_mnist("test", data_copy)
+    assert str(path) in str(e.value) and "--data-dir" in str(e.value)
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """An HTTP server on localhost serving a folder, like the official mirror."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_missing_files_are_downloaded_and_verified(data_copy, tmp_path, mirror, monkeypatch):
+    root, url = mirror
+    for name in FILES:
+        shutil.copy(data_copy / name, root / name)
+    monkeypatch.setenv("NIN_DATA_MIRROR", url)
+    target = tmp_path / "empty"
+    x, y = load_fashion_mnist("test", target)
+    assert x.shape == (10000, 28, 28)
+    assert sorted(p.name for p in target.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def test_a_corrupted_download_is_not_saved(data_copy, tmp_path, mirror, monkeypatch):
+    root, url = mirror
+    shutil.copy(data_copy / "t10k-images-idx3-ubyte.gz", root)
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(b"corrupted")
+    monkeypatch.setenv("NIN_DATA_MIRROR", url)
+    target = tmp_path / "empty"
+    with pytest.raises(NinError, match="nothing was saved"):
+        load_fashion_mnist("test", target)
+    assert not any(p.name.startswith("t10k-labels") for p in target.iterdir())
+
+
+def test_offline_gives_one_message_that_says_where_to_put_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("NIN_DATA_MIRROR", "http://127.0.0.1:9/")  # discard port: nothing listens
+    with pytest.raises(NinError, match="could not be downloaded") as e:
+        load_fashion_mnist("train", tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(e.value) and "train-images-idx3-ubyte.gz" in str(e.value)
+
+
+@pytest.mark.parametrize("size", [67, 96, 224, 14])
+def test_resize_matches_pil_bilinear_then_to_tensor(size):
+    """d2l: transforms.Resize(size) on the PIL image (bilinear), then ToTensor(): within 1/255 of PIL."""
+    images, _ = load_fashion_mnist("test")
+    images = images[:32]
+    ours = resize(images, size)
+    assert ours.shape == (32, 1, size, size) and ours.dtype == torch.float32
+    pil = (
+        torch.stack(
+            [
+                torch.frombuffer(
+                    bytearray(Image.fromarray(img.numpy()).resize((size, size), Image.Resampling.BILINEAR).tobytes()),
+                    dtype=torch.uint8,
+                ).reshape(1, size, size)
+                for img in images
+            ]
+        ).float()
+        / 255
+    )
+    assert (ours - pil).abs().max().item() <= 1 / 255 + 1e-6
+    assert (ours - pil).abs().mean().item() < 0.002  # almost all pixels identical
+
+
+def test_batches_shuffle_per_epoch_and_keep_the_last_partial_batch():
+    x = torch.arange(10, dtype=torch.uint8).reshape(10, 1, 1).expand(10, 28, 28).contiguous()
+    y = torch.arange(10)
+    loader = Batches(x, y, batch_size=4, size=28, device=torch.device("cpu"), shuffle=True, seed=1)
+    assert len(loader) == 3
+    first = [b[1].tolist() for b in loader]
+    assert [len(b) for b in first] == [4, 4, 2]
+    assert sorted(sum(first, [])) == list(range(10))
+    assert [b[1].tolist() for b in loader] == first  # same epoch, same order
+    loader.epoch = 1
+    assert [b[1].tolist() for b in loader] != first
+    for images, labels in loader:  # each image still travels with its label
+        assert torch.equal(images[:, 0, 0, 0], labels.float() / 255)
+
+
+def test_unshuffled_batches_are_in_order():
+    x, y = torch.zeros(5, 28, 28, dtype=torch.uint8), torch.arange(5)
+    loader = Batches(x, y, batch_size=2, size=67, device=torch.device("cpu"))
+    assert [b[1].tolist() for b in loader] == [[0, 1], [2, 3], [4]]
+    assert next(iter(loader))[0].shape == (2, 1, 67, 67)
+
+
+def test_files_table_matches_the_bundled_copy():
+    for name, (sha, _, _) in FILES.items():
+        assert hashlib.sha256((data.BUNDLED / name).read_bytes()).hexdigest() == sha

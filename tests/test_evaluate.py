@@ -1,0 +1,82 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from nin.checkpoint import model_from_checkpoint
+from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
+from nin.errors import NinError
+from nin.evaluate import evaluate, load_image, predict
+from nin.train import evaluate_accuracy
+
+
+def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
+    result = evaluate(trained_run, device="cpu", test_limit=1000, plot=tmp_path / "cm.png")
+    net, config = model_from_checkpoint(trained_run)
+    images, labels = load_fashion_mnist("test")
+    expected = evaluate_accuracy(net, Batches(images[:1000], labels[:1000], 128, config.resize, torch.device("cpu")))
+    assert result["test_acc"] == pytest.approx(expected, abs=1e-9)
+    # the training run measured the same thing after its last epoch
+    last = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result["test_acc"] == pytest.approx(last["test_acc"], abs=1e-9)
+    matrix = torch.tensor(result["confusion_matrix"])
+    assert matrix.sum() == 1000 and matrix.sum(dim=1).tolist() == torch.bincount(labels[:1000]).tolist()
+    assert list(result["per_class_acc"]) == list(CLASS_NAMES)
+    per_class = torch.tensor(list(result["per_class_acc"].values()))
+    assert torch.allclose(per_class, matrix.diag() / matrix.sum(dim=1))
+    with Image.open(tmp_path / "cm.png") as img:
+        assert img.format == "PNG"
+
+
+def test_predict_on_pngs_written_from_real_test_images(trained_run, tmp_path):
+    images, labels = load_fashion_mnist("test")
+    paths = []
+    for i in range(8):
+        path = tmp_path / f"test{i}.png"
+        Image.fromarray(images[i].numpy()).save(path)
+        paths.append(path)
+    results = predict(trained_run, paths)
+    net, config = model_from_checkpoint(trained_run)
+    with torch.inference_mode():
+        probs = net(resize(images[:8], config.resize)).softmax(dim=1)
+    for r, p in zip(results, probs):
+        top = p.topk(3)
+        assert [t["class"] for t in r["top"]] == [CLASS_NAMES[i] for i in top.indices]
+        assert [t["prob"] for t in r["top"]] == pytest.approx(top.values.tolist(), abs=1e-6)
+
+
+def test_any_size_and_mode_becomes_28x28_grayscale(tmp_path):
+    rgba = tmp_path / "big.png"
+    Image.new("RGBA", (300, 200), (255, 255, 255, 128)).save(rgba)
+    jpeg = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(jpeg)
+    assert load_image(rgba).shape == (28, 28) and load_image(rgba).dtype == torch.uint8
+    assert int(load_image(rgba).min()) == 255
+    assert int(load_image(jpeg).max()) == 0
+
+
+def test_unreadable_images_give_one_clear_error(trained_run, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(NinError, match="notes.png: cannot read it as an image"):
+        predict(trained_run, [text])
+    with pytest.raises(NinError, match="missing.png: no such image file"):
+        predict(trained_run, [tmp_path / "missing.png"])
+
+
+def test_checkpoints_that_are_not_ours(trained_run, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(NinError, match="not a nin checkpoint"):
+        evaluate(foreign)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((trained_run / "checkpoint.pt").read_bytes()[:5000])
+    with pytest.raises(NinError, match="not a readable nin checkpoint"):
+        evaluate(truncated)
+    pickled = tmp_path / "code.pt"
+    torch.save({"format": "nin-checkpoint-v1", "evil": object()}, pickled)
+    with pytest.raises(NinError, match="not a readable nin checkpoint"):  # weights_only refuses arbitrary objects
+        evaluate(pickled)
+    with pytest.raises(NinError, match="no such checkpoint"):
+        evaluate(tmp_path / "nothing-here")

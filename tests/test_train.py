@@ -1,0 +1,106 @@
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SHORT
+from nin import train as train_module
+from nin.checkpoint import load_checkpoint, model_from_checkpoint
+from nin.config import Config
+from nin.errors import NinError
+from nin.train import evaluate_accuracy, train
+
+
+def test_short_training_lowers_the_loss_and_beats_chance(trained_run):
+    history = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in history] == [1, 2]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] < math.log(10)
+    # chance is 0.1; on 1,000 test images 0.2 is over 10 standard deviations above it
+    assert history[-1]["test_acc"] > 0.2
+    for m in history:
+        assert {"epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec", "epoch_seconds"} <= set(m)
+        assert m["examples_per_sec"] > 0 and m["epoch_seconds"] > 0
+
+
+def test_run_directory_contents(trained_run):
+    assert sorted(p.name for p in trained_run.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "curves.png",
+        "metrics.jsonl",
+    ]
+    assert Config(**json.loads((trained_run / "config.json").read_text())) == Config(**SHORT)
+    with Image.open(trained_run / "curves.png") as img:
+        assert img.format == "PNG" and img.size[0] > 300
+
+
+def test_checkpoint_round_trip(trained_run):
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)  # loads without unpickling code
+    assert state["epoch"] == 2 and state["config"] == Config(**SHORT).to_dict()
+    assert set(state) >= {"model", "optimizer", "rng", "metrics"}
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
+    net, config = model_from_checkpoint(trained_run)
+    assert not net.training and config == Config(**SHORT)
+    for key, value in state["model"].items():
+        assert torch.equal(net.state_dict()[key], value)
+    assert load_checkpoint(trained_run / "checkpoint.pt")["metrics"][-1]["epoch"] == 2
+
+
+def test_same_seed_same_run(tmp_path):
+    config = Config(**{**SHORT, "epochs": 1, "train_limit": 256, "test_limit": 100})
+    a = train(config, tmp_path / "a")
+    b = train(config, tmp_path / "b")
+    strip = [{k: v for k, v in m.items() if "sec" not in k} for m in a]
+    assert strip == [{k: v for k, v in m.items() if "sec" not in k} for m in b]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """A loss that turns NaN in epoch 2 stops training; epoch 1's checkpoint stays as it was."""
+    real, calls = train_module.F.cross_entropy, []
+
+    def poisoned(y_hat, y):
+        calls.append(1)
+        loss = real(y_hat, y)
+        return loss * float("nan") if len(calls) > 5 else loss  # 4 steps per epoch: step 2 of epoch 2
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    config = Config(**{**SHORT, "epochs": 3, "train_limit": 256, "test_limit": 100})
+    with pytest.raises(NinError, match=r"loss became nan at epoch 2, step 2.*epoch 1 is kept.*--lr 0\.0025"):
+        train(config, tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
+    config = Config(**{**SHORT, "lr": 1e4, "epochs": 1, "train_limit": 512, "test_limit": 100})
+    with pytest.raises(NinError, match="training diverged.*no checkpoint was written.*lower learning rate"):
+        train(config, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_stuck_at_chance_warns(tmp_path, capsys):
+    # the seed's Xavier init with a tiny learning rate: the loss sits at ln(10) for the whole epoch
+    config = Config(**{**SHORT, "init": "xavier", "momentum": 0.0, "lr": 1e-5, "epochs": 1,
+                       "train_limit": 256, "test_limit": 100})  # fmt: skip
+    train(config, tmp_path)
+    assert "stayed at ln(10) = 2.303" in capsys.readouterr().err
+
+
+def test_resize_too_small_is_refused_before_any_work(tmp_path):
+    with pytest.raises(NinError, match="resize 50 is too small.*smallest input it accepts is 67x67"):
+        train(Config(resize=50), tmp_path)
+    assert not tmp_path.joinpath("config.json").exists()
+
+
+def test_evaluate_accuracy_counts_correct_predictions():
+    from nin.data import Batches
+
+    class Fixed(torch.nn.Module):  # predicts class 3 for every image
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full((len(x),), 3), 10).float()
+
+    labels = torch.tensor([3, 3, 1, 3, 0])
+    batches = Batches(torch.zeros(5, 28, 28, dtype=torch.uint8), labels, 2, 28, torch.device("cpu"))
+    assert evaluate_accuracy(Fixed(), batches) == 3 / 5
