@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from nin.data import BUNDLED, FILES
+from short_run import SHORT
 
 
 @pytest.fixture(autouse=True)
@@ -24,19 +25,16 @@ def data_copy(tmp_path) -> Path:
     return folder
 
 
-# A short real-data run shared by the train, evaluate, predict and CLI tests: the seed's network at the
-# smallest input it accepts, on 4,096 training images. NiN without BatchNorm is slow and erratic to
-# leave its starting plateau; this setting (small lr with momentum, no dropout) learned in each of
-# seeds 0, 1 and 2 (test accuracy 0.30, 0.45, 0.40 after 2 epochs).
-SHORT = dict(resize=67, epochs=2, batch_size=64, lr=0.005, momentum=0.9, dropout=0.0, init="kaiming",
-             train_limit=4096, test_limit=1000, device="cpu")  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
+    """A short real-data run (see `SHORT`) shared by the train, evaluate, predict and CLI tests."""
     from nin.config import Config
     from nin.train import train
 
     out = tmp_path_factory.mktemp("runs") / "short"
-    train(Config(**SHORT), out)
+    with pytest.MonkeyPatch.context() as mp:  # the same isolation as `_private_cache`, for a session fixture
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        mp.delenv("NIN_DATA_DIR", raising=False)
+        mp.delenv("NIN_DATA_MIRROR", raising=False)
+        train(Config(**SHORT), out)
     return out

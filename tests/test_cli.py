@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from nin.cli import main
@@ -59,7 +60,20 @@ def test_train_smoke_and_refuses_to_overwrite(tmp_path):
     before = (out / "checkpoint.pt").read_bytes()
     assert_clean_error(nin(*args), "already exists", "--force")
     assert (out / "checkpoint.pt").read_bytes() == before  # untouched
+    (out / "confusion_matrix.png").write_bytes(b"from the old run")
+    (out / "notes.txt").write_text("mine")
+    diverging = ["--force", "--lr", "1e9", "--train-limit", "512"]
+    assert_clean_error(nin(*args, *diverging), "training diverged")
+    assert not (out / "checkpoint.pt").exists()  # the old run's files are gone, not mixed with the new run's
+    assert not (out / "confusion_matrix.png").exists()
+    assert (out / "notes.txt").read_text() == "mine"  # files that are not run files stay
     assert nin(*args, "--force").returncode == 0
+
+
+def test_out_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("data")
+    assert_clean_error(nin("train", "--out", str(tmp_path / "taken"), "--force"), "is a file, not a directory")
+    assert (tmp_path / "taken").read_text() == "data"
 
 
 def test_train_default_run_directory(tmp_path):
@@ -77,7 +91,13 @@ def test_train_default_run_directory(tmp_path):
         (["train", "--resize", "20"], ["too small", "67x67"]),
         (["train", "--lr", "-1"], ["lr must be positive"]),
         (["train", "--config", "missing.toml"], ["cannot read config file"]),
-        (["train", "--device", "cuda"], ["no CUDA device"]),
+        pytest.param(
+            ["train", "--device", "cuda"],
+            ["no CUDA device"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present"),
+        ),
+        (["train", "--seed", str(2**70)], ["seed must be in"]),
+        (["evaluate", "nowhere", "--test-limit", "-5"], ["--test-limit must be 0"]),
         (["evaluate", "nowhere"], ["no such checkpoint"]),
         (["predict", "nowhere", "x.png"], ["no such checkpoint"]),
     ],
@@ -92,9 +112,13 @@ def test_bad_input_gives_one_clear_error(tmp_path, monkeypatch, capsys, args, fr
     assert not (tmp_path / "runs").exists()  # nothing was created
 
 
-def test_unknown_option_is_refused():
-    result = nin("train", "--epoch", "3x")
-    assert result.returncode == 2 and "Traceback" not in result.stderr and "usage:" in result.stderr
+@pytest.mark.parametrize(
+    "args", [["train", "--bogus", "1"], ["train", "--epoch", "3"], ["evaluate", "x", "--device", "tpu"]]
+)
+def test_unknown_options_and_abbreviations_are_refused(capsys, args):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "usage:" in capsys.readouterr().err
 
 
 def test_bad_data_dir(tmp_path):
@@ -120,6 +144,13 @@ def test_evaluate_and_predict(trained_run, tmp_path):
     line = result.stdout.strip()
     assert line.startswith(f"{png}: ") and line.count(",") == 2
     assert len(json.loads(nin("predict", str(trained_run), str(png), "--json").stdout)[0]["top"]) == 3
+
+
+def test_bad_image_and_foreign_checkpoint_in_a_real_process(trained_run, tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert_clean_error(nin("predict", str(trained_run), str(tmp_path / "notes.png")), "cannot read it as an image")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    assert_clean_error(nin("evaluate", str(tmp_path / "other.pt")), "not a nin checkpoint")
 
 
 def test_module_and_console_script_agree():

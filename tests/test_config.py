@@ -43,7 +43,9 @@ def test_config_file_round_trip(tmp_path):
         ("epochs = true", "epochs should be int"),
         ("lr = -1.0", "lr must be positive"),
         ("resize = 0", "resize must be at least 1"),
-        ("device = 'tpu'", "device must be auto, cpu, cuda or mps"),
+        ("device = 'tpu'", "device must be one of auto, cpu, cuda, mps"),
+        ("init = 'zeros'", "init must be one of xavier, kaiming"),
+        ("seed = -1", "seed must be in"),
         ("epochs = ", "not valid TOML"),
     ],
 )
@@ -51,6 +53,14 @@ def test_bad_config_file_gives_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(NinError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", '"abc"'])
+def test_json_config_must_be_an_object(tmp_path, text):
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(NinError, match="expected a table of settings"):
         load_config(path)
 
 

@@ -58,10 +58,11 @@ def _rewrite(path, payload: bytes) -> None:
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a readable gzip file"),
         (lambda p: p.write_bytes(b"this is not gzip"), "not a readable gzip file"),
         (lambda p: _rewrite(p, b"\x00\x00\x08\x03" + gzip.decompress(p.read_bytes())[4:]), "magic number"),
-        (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-28]), "shape"),
+        (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-28]), "wrong size"),
+        (lambda p: _rewrite(p, b"\x00\x00\x08\x01\x00"), "wrong size"),
         (lambda p: _rewrite(p, gzip.decompress(p.read_bytes())[:-1] + b"\x07"), "checksum mismatch"),
     ],
-    ids=["truncated", "not-gzip", "wrong-magic", "wrong-size", "checksum"],
+    ids=["truncated", "not-gzip", "wrong-magic", "wrong-size", "short-header", "checksum"],
 )
 def test_damaged_file_gives_one_clear_error(data_copy, damage, message):
     path = data_copy / "t10k-labels-idx1-ubyte.gz"

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHORT
 from nin import train as train_module
 from nin.checkpoint import load_checkpoint, model_from_checkpoint
 from nin.config import Config
 from nin.errors import NinError
 from nin.train import evaluate_accuracy, train
+from short_run import SHORT
 
 
 def test_short_training_lowers_the_loss_and_beats_chance(trained_run):

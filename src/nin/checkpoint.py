@@ -60,6 +60,8 @@ def load_checkpoint(path: Path) -> dict:
         raise NinError(
             f"{path}: not a nin checkpoint (no '{FORMAT}' marker); use a checkpoint.pt written by `nin train`"
         )
+    if not (isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict)):
+        raise NinError(f"{path}: damaged nin checkpoint (no model weights or config); use another checkpoint")
     return state
 
 

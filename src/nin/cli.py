@@ -6,17 +6,21 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
-from nin.config import FIELDS, Config, load_config, load_preset, presets
+from nin.config import DEVICES, FIELDS, Config, load_config, load_preset, presets
 from nin.errors import NinError
 
 DEFAULT_PRESET = "quick"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nin", description="d2l's Network in Network on Fashion-MNIST.")
+    parser = argparse.ArgumentParser(
+        prog="nin", description="d2l's Network in Network on Fashion-MNIST.", allow_abbrev=False
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser = partial(commands.add_parser, allow_abbrev=False)  # --epoch must not mean --epochs
 
     p = commands.add_parser("summary", help="layers, output shapes, parameters and MACs")
     p.add_argument("--resize", type=int, default=224, help="input side length (default 224)")
@@ -31,9 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--config", type=Path, help="a TOML or JSON config file (e.g. a run's config.json)")
     for name, field in FIELDS.items():
         kind = {"int": int, "float": float, "str": str}[field.type]
-        p.add_argument(
-            f"--{name.replace('_', '-')}", type=kind, help=f"{field.metadata['help']} (seed: {field.default})"
-        )
+        choices = field.metadata["choices"] or None
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, help=field.metadata["help"])
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
     p.add_argument("--force", action="store_true", help="reuse a non-empty --out, overwriting its files")
     _add_data_dir(p)
@@ -44,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plot", type=Path, help="confusion matrix PNG (default: confusion_matrix.png beside the checkpoint)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
     _add_data_dir(p)
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict}[args.command](args)
-    except NinError as e:
+    except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -76,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(args: argparse.Namespace) -> int:
-    from nin.model import NiN, layer_summary
-    from nin.train import check_resize
+    from nin.model import NiN, check_resize, layer_summary
 
     net = NiN()
     check_resize(net, args.resize)
@@ -92,22 +94,25 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    from nin.train import RUN_FILES
     from nin.train import train as run_training
 
     if args.config:
-        config, name = load_config(args.config), args.config.stem
+        config, name = load_config(args.config), f"config {args.config}"
     else:
-        name = args.preset or DEFAULT_PRESET
-        config = load_preset(name)
+        config, name = load_preset(args.preset or DEFAULT_PRESET), f"preset {args.preset or DEFAULT_PRESET}"
     overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}
     config = Config(**{**config.to_dict(), **overrides})
-    out = args.out or _new_run_dir(name)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise NinError(
-            f"{out} already exists and is not empty; choose another --out, or pass --force to overwrite "
-            "the run files in it"
-        )
-    print(f"preset {name}: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
+    out = args.out or _new_run_dir(args.config.stem if args.config else args.preset or DEFAULT_PRESET)
+    if out.exists() and not out.is_dir():
+        raise NinError(f"--out {out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
+            raise NinError(f"{out} already exists and is not empty; choose another --out, or pass --force to "
+                           "replace the run files in it")  # fmt: skip
+        for file in RUN_FILES:  # a fresh run: no file of the old one may pass for the new one's
+            (out / file).unlink(missing_ok=True)
+    print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
     run_training(config, out, args.data_dir)
     return 0
 
@@ -122,11 +127,9 @@ def _new_run_dir(name: str) -> Path:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from nin.checkpoint import resolve
     from nin.evaluate import evaluate as run_evaluation
 
-    plot = args.plot or resolve(args.checkpoint).parent / "confusion_matrix.png"
-    result = run_evaluation(args.checkpoint, args.data_dir, args.device, args.test_limit, plot)
+    result = run_evaluation(args.checkpoint, args.data_dir, args.device, args.test_limit, args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

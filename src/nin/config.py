@@ -9,27 +9,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nin.errors import NinError
+from nin.model import INITS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _field(default: object, help: str) -> dataclasses.Field:
-    return dataclasses.field(default=default, metadata={"help": help})
+def _field(default: object, help: str, choices: tuple[str, ...] = ()) -> dataclasses.Field:
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Config:
     """A training run. The defaults are the seed notebook's recipe (d2l `train_ch6`)."""
 
-    resize: int = _field(224, "side length the 28x28 images are resized to (bilinear), as d2l's resize")
-    dropout: float = _field(0.5, "dropout probability before the last mlpconv block")
-    epochs: int = _field(5, "passes over the training data")
-    batch_size: int = _field(256, "examples per SGD step")
-    lr: float = _field(0.05, "SGD learning rate")
-    momentum: float = _field(0.0, "SGD momentum (the seed uses plain SGD: 0)")
-    init: str = _field("xavier", "weight init: xavier (d2l's) or kaiming (He et al., for ReLU networks)")
-    seed: int = _field(0, "seeds the initialisation, dropout and the data order")
-    device: str = _field("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps")
+    resize: int = _field(224, "side length the 28x28 images are resized to, bilinearly (d2l: 224)")
+    dropout: float = _field(0.5, "dropout probability before the last mlpconv block (d2l: 0.5)")
+    epochs: int = _field(5, "passes over the training data (d2l: 5)")
+    batch_size: int = _field(256, "examples per SGD step (d2l: 256)")
+    lr: float = _field(0.05, "SGD learning rate (d2l: 0.05)")
+    momentum: float = _field(0.0, "SGD momentum (d2l: 0, plain SGD)")
+    init: str = _field("xavier", "weight init (d2l: xavier); kaiming suits ReLU networks", tuple(INITS))
+    seed: int = _field(0, "seeds the initialisation, dropout and the data order (default 0)")
+    device: str = _field("auto", "auto picks cuda, then mps, then cpu (default auto)", DEVICES)
     train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
     test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")
 
@@ -43,15 +45,15 @@ class Config:
             raise NinError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.momentum < 1:
             raise NinError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.init not in ("xavier", "kaiming"):
-            raise NinError(f"init must be xavier or kaiming, got {self.init!r}")
-        if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise NinError(f"device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if not 0 <= self.seed < 2**32:
+            raise NinError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.train_limit < 0 or self.test_limit < 0:
             raise NinError("train_limit and test_limit must be 0 (all) or positive")
-
-    def replace(self, **changes: object) -> Config:
-        return dataclasses.replace(self, **changes)
+        for f in dataclasses.fields(self):
+            if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]:
+                raise NinError(
+                    f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {getattr(self, f.name)!r}"
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,7 +86,9 @@ def load_config(path: Path) -> Config:
     return from_dict(values, source=str(path))
 
 
-def from_dict(values: dict, source: str = "config") -> Config:
+def from_dict(values: object, source: str = "config") -> Config:
+    if not isinstance(values, dict):
+        raise NinError(f"{source}: expected a table of settings (key = value), got {type(values).__name__}")
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise NinError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import json
 import math
 import os
 import struct
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,7 +93,7 @@ def _load(path: Path) -> torch.Tensor:
     found = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
     if found != magic:
         raise NinError(f"{path}: IDX magic number is {found!r}, expected {magic:#x}. {_FIX.format(dir=path.parent)}")
-    dims = struct.unpack(f">{len(shape)}I", raw[4:header])
+    dims = struct.unpack(f">{len(shape)}I", raw[4:header]) if len(raw) >= header else ()
     if dims != shape or len(raw) != header + math.prod(shape):
         raise NinError(
             f"{path}: wrong size: header says {dims}, {len(raw) - header} data bytes; expected shape {shape}. "
@@ -146,7 +146,7 @@ def download(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=30) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError) as e:
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
         raise NinError(
             f"{path} is missing and could not be downloaded from {url} ({getattr(e, 'reason', e)}). "
             f"Copy the four Fashion-MNIST .gz files ({', '.join(FILES)}) into {path.parent}, "

@@ -25,10 +25,14 @@ def confusion_matrix(net: torch.nn.Module, batches: Batches) -> torch.Tensor:
     return matrix.reshape(n, n).cpu()
 
 
-def evaluate(
-    path: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0, plot: Path | None = None
-) -> dict:
-    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint (or run directory)."""
+def evaluate(path: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0,
+             plot: Path | None = None) -> dict:  # fmt: skip
+    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint (or run directory).
+
+    The confusion matrix is drawn to `plot`, by default confusion_matrix.png beside the checkpoint.
+    """
+    if test_limit < 0:
+        raise NinError(f"--test-limit must be 0 (all) or positive, got {test_limit}")
     checkpoint = resolve(path)
     net, config = model_from_checkpoint(checkpoint)
     dev = pick_device(device)
@@ -44,10 +48,9 @@ def evaluate(
         "test_acc": matrix.diag().sum().item() / len(labels),
         "per_class_acc": dict(zip(CLASS_NAMES, per_class.tolist())),
         "confusion_matrix": matrix.tolist(),
+        "confusion_png": str(plot or checkpoint.parent / "confusion_matrix.png"),
     }
-    if plot:
-        plot_confusion(matrix, CLASS_NAMES, plot, title=f"test accuracy {result['test_acc']:.4f}")
-        result["confusion_png"] = str(plot)
+    plot_confusion(matrix, CLASS_NAMES, Path(result["confusion_png"]), title=f"test accuracy {result['test_acc']:.4f}")
     return result
 
 
@@ -66,7 +69,7 @@ def load_image(path: Path) -> torch.Tensor:
             return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(28, 28)
     except FileNotFoundError:
         raise NinError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise NinError(f"{path}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
 
 

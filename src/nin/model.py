@@ -6,10 +6,24 @@ same layers, and its `state_dict()` has the same keys and shapes, so weights mov
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
-__all__ = ["NiN", "nin_block", "init_weights", "init_kaiming", "INITS", "feature_sizes", "min_resize", "layer_summary"]
+from nin.errors import NinError
+
+__all__ = [
+    "INITS",
+    "NiN",
+    "check_resize",
+    "feature_sizes",
+    "init_kaiming",
+    "init_weights",
+    "layer_summary",
+    "min_resize",
+    "nin_block",
+]
 
 
 def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: int, padding: int) -> nn.Sequential:
@@ -56,6 +70,13 @@ class NiN(nn.Sequential):
             nn.Flatten(),  # (1, 10)
         )
 
+    def __getitem__(self, idx: int | slice) -> nn.Module:
+        # a slice is a plain nn.Sequential (nn.Sequential would call NiN's constructor with the layers):
+        # net[:-2] is the network up to the class maps, before global average pooling
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
 
 def init_weights(module: nn.Module) -> None:
     """d2l's `init_weights`: Xavier-uniform weights for Linear/Conv2d; biases keep PyTorch's default."""
@@ -95,6 +116,20 @@ def min_resize(model: nn.Module) -> int:
     while min(feature_sizes(model, size)) < 1:
         size += 1
     return size
+
+
+MAX_RESIZE = 1024  # 28x28 images upscaled further only cost memory (activations grow with its square)
+
+
+def check_resize(net: nn.Module, resize: int) -> None:
+    """Refuse input sizes the network cannot take (too small) or that make no sense (too large)."""
+    if resize < (smallest := min_resize(net)):
+        raise NinError(
+            f"resize {resize} is too small for NiN: after its three 3x3/2 max-pools nothing would be "
+            f"left; the smallest input it accepts is {smallest}x{smallest}"
+        )
+    if resize > MAX_RESIZE:
+        raise NinError(f"resize {resize} is larger than {MAX_RESIZE}; the images are only 28x28")
 
 
 def layer_summary(model: nn.Module, size: int, in_channels: int = 1) -> list[dict]:

@@ -5,25 +5,22 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure  # without pyplot: no GUI backend, no global state
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from nin.io import atomic_write_bytes  # noqa: E402
+from nin.io import atomic_write_bytes
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_curves(history: list[dict], epochs: int, path: Path) -> None:
     """Train loss, train acc and test acc against epoch, on d2l's axes (x from 1 to the last epoch)."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig = Figure(figsize=(4.5, 3.2))
+    ax = fig.subplots()
     x = [m["epoch"] for m in history]
     for key, style in (("train_loss", "-"), ("train_acc", "m--"), ("test_acc", "g-.")):
         ax.plot(x, [m[key] for m in history], style, marker="o", markersize=3, label=key.replace("_", " "))
@@ -36,7 +33,8 @@ def plot_curves(history: list[dict], epochs: int, path: Path) -> None:
 
 def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Path, title: str = "") -> None:
     """Rows: true class, columns: predicted class; each cell holds its count."""
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    fig = Figure(figsize=(7.5, 6.5))
+    ax = fig.subplots()
     ax.imshow(matrix.tolist(), cmap="Blues")
     n = len(class_names)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")

@@ -24,10 +24,11 @@ from nin.config import Config
 from nin.data import Batches, load_fashion_mnist
 from nin.errors import NinError
 from nin.io import atomic_write_text
-from nin.model import INITS, NiN, min_resize
+from nin.model import INITS, NiN, check_resize
 from nin.plots import plot_curves
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", CHECKPOINT, "confusion_matrix.png")
 
 
 def pick_device(name: str) -> torch.device:
@@ -56,14 +57,6 @@ def evaluate_accuracy(net: nn.Module, batches: Batches) -> float:
         for x, y in batches:
             correct += (net(x).argmax(dim=1) == y).sum()
     return correct.item() / len(batches.labels)
-
-
-def check_resize(net: nn.Module, resize: int) -> None:
-    if resize < (smallest := min_resize(net)):
-        raise NinError(
-            f"resize {resize} is too small for NiN: after its three 3x3/2 max-pools nothing would be "
-            f"left; the smallest input it accepts is {smallest}x{smallest}"
-        )
 
 
 def train(config: Config, out_dir: Path, data_dir: Path | None = None) -> list[dict]:
@@ -117,7 +110,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None) -> list[d
             f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f}, train acc {train_acc:.3f}, "
             f"test acc {test_acc:.3f}, {seen / seconds:.1f} examples/sec, {history[-1]['epoch_seconds']:.1f} s"
         )
-        if train_loss > CHANCE_LOSS - 0.02 and train_acc < 0.15:
+        if abs(train_loss - CHANCE_LOSS) < 0.02 and train_acc < 0.15:
             print(
                 f"warning: the training loss stayed at ln(10) = {CHANCE_LOSS:.3f}, chance level, for the whole "
                 "epoch (d2l's known NiN failure: its ReLUs died, or it has not started learning yet). If the "
