@@ -143,14 +143,25 @@ def test_batches_shuffle_per_epoch_and_keep_the_last_partial_batch():
     y = torch.arange(10)
     loader = Batches(x, y, batch_size=4, size=28, device=torch.device("cpu"), shuffle=True, seed=1)
     assert len(loader) == 3
-    first = [b[1].tolist() for b in loader]
+    first = [b[1].tolist() for b in loader.epoch(0)]
     assert [len(b) for b in first] == [4, 4, 2]
     assert sorted(sum(first, [])) == list(range(10))
-    assert [b[1].tolist() for b in loader] == first  # same epoch, same order
-    loader.epoch = 1
-    assert [b[1].tolist() for b in loader] != first
-    for images, labels in loader:  # each image still travels with its label
+    assert [b[1].tolist() for b in loader.epoch(0)] == first  # same epoch, same order
+    assert [b[1].tolist() for b in loader.epoch(0, start=1)] == first[1:]  # resuming mid-epoch
+    assert [b[1].tolist() for b in loader.epoch(1)] != first
+    for images, labels in loader.epoch(1):  # each image still travels with its label
         assert torch.equal(images[:, 0, 0, 0], labels.float() / 255)
+
+
+def test_ranks_split_each_global_batch():
+    x, y = torch.zeros(10, 28, 28, dtype=torch.uint8), torch.arange(10)
+    kwargs = dict(batch_size=4, size=28, device=torch.device("cpu"), shuffle=True, seed=3)
+    single = [b[1].tolist() for b in Batches(x, y, **kwargs).epoch(2)]
+    ranks = [[b[1].tolist() for b in Batches(x, y, **kwargs, rank=r, world_size=2).epoch(2)] for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks)] == single  # rank 0's part, then rank 1's, of the same batch
+    assert [len(b) for b in ranks[0]] == [2, 2, 1]
+    loader = Batches(x, y, **kwargs, world_size=2)
+    assert [loader.global_batch_len(i) for i in range(3)] == [4, 4, 2]
 
 
 def test_unshuffled_batches_are_in_order():

@@ -75,8 +75,12 @@ def test_checkpoints_that_are_not_ours(trained_run, tmp_path):
     with pytest.raises(NinError, match="not a readable nin checkpoint"):
         evaluate(truncated)
     pickled = tmp_path / "code.pt"
-    torch.save({"format": "nin-checkpoint-v1", "evil": object()}, pickled)
+    torch.save({"format": "nin-checkpoint-v2", "evil": object()}, pickled)
     with pytest.raises(NinError, match="not a readable nin checkpoint"):  # weights_only refuses arbitrary objects
         evaluate(pickled)
+    older = tmp_path / "older.pt"
+    torch.save({**torch.load(trained_run / "checkpoint.pt", weights_only=True), "format": "nin-checkpoint-v1"}, older)
+    with pytest.raises(NinError, match="nin-checkpoint-v1 checkpoint from another version of nin"):
+        evaluate(older)
     with pytest.raises(NinError, match="no such checkpoint"):
         evaluate(tmp_path / "nothing-here")

@@ -38,7 +38,8 @@ def test_run_directory_contents(trained_run):
 
 def test_checkpoint_round_trip(trained_run):
     state = torch.load(trained_run / "checkpoint.pt", weights_only=True)  # loads without unpickling code
-    assert state["epoch"] == 2 and state["config"] == Config(**SHORT).to_dict()
+    assert state["position"] == {"epoch": 2, "step": 0, "sums": [0.0, 0, 0, 0.0], "world_size": 1}
+    assert state["config"] == Config(**SHORT).to_dict()
     assert set(state) >= {"model", "optimizer", "rng", "metrics"}
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
     net, config = model_from_checkpoint(trained_run)
@@ -60,22 +61,24 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     """A loss that turns NaN in epoch 2 stops training; epoch 1's checkpoint stays as it was."""
     real, calls = train_module.F.cross_entropy, []
 
-    def poisoned(y_hat, y):
+    def poisoned(y_hat, y, **kwargs):
         calls.append(1)
-        loss = real(y_hat, y)
+        loss = real(y_hat, y, **kwargs)
         return loss * float("nan") if len(calls) > 5 else loss  # 4 steps per epoch: step 2 of epoch 2
 
     monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
     config = Config(**{**SHORT, "epochs": 3, "train_limit": 256, "test_limit": 100})
-    with pytest.raises(NinError, match=r"loss became nan at epoch 2, step 2.*epoch 1 is kept.*--lr 0\.0025"):
+    with pytest.raises(
+        NinError, match=r"loss became nan at epoch 2, step 2.*last good checkpoint is kept.*--lr 0\.0025"
+    ):
         train(config, tmp_path)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["position"]["epoch"] == 1
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_a_huge_learning_rate_diverges_with_a_clear_message(tmp_path):
     config = Config(**{**SHORT, "lr": 1e4, "epochs": 1, "train_limit": 512, "test_limit": 100})
-    with pytest.raises(NinError, match="training diverged.*no checkpoint was written.*lower learning rate"):
+    with pytest.raises(NinError, match="training diverged.*no checkpoint had been written yet.*lower learning rate"):
         train(config, tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
 

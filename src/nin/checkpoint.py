@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -13,27 +14,65 @@ from nin.errors import NinError
 from nin.io import atomic_torch_save
 from nin.model import NiN
 
-FORMAT = "nin-checkpoint-v1"
+FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
 CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(
-    path: Path, net: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, config: Config, metrics: list[dict]
+    path: Path,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: dict,
+    config: Config,
+    metrics: list[dict],
+    rng: list,
+    cuda_rng: list,
 ) -> None:
-    """Everything needed to continue or evaluate the run after `epoch` completed epochs."""
+    """Everything needed to continue the run exactly, or to evaluate it.
+
+    `position`: completed epochs, completed steps of the current epoch, the epoch's running sums
+    (loss, correct, examples, seconds) and the number of processes; `rng`/`cuda_rng`: each rank's state.
+    """
     state = {
         "format": FORMAT,
         "model": net.state_dict(),  # same keys as the seed's nn.Sequential
         "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
+        "position": position,
         "config": config.to_dict(),
         "metrics": metrics,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": {"torch": rng, "cuda": cuda_rng},
     }
+    state["sha256"] = digest(state)
     atomic_torch_save(state, path)
+
+
+def digest(state: object) -> str:
+    """SHA-256 over every tensor's bytes and every other value, in a fixed order.
+
+    torch.load does not notice flipped bytes inside tensor data; comparing this digest does.
+    """
+    h = hashlib.sha256()
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"tensor {t.dtype} {tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=str):
+                if key != "sha256":
+                    h.update(f"{key!r}=".encode())
+                    walk(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for item in obj:
+                walk(item)
+            h.update(b"]")
+        else:
+            h.update(f"{obj!r};".encode())
+
+    walk(state)
+    return h.hexdigest()
 
 
 def resolve(path: Path) -> Path:
@@ -56,12 +95,17 @@ def load_checkpoint(path: Path) -> dict:
             f"{path}: not a readable nin checkpoint ({first_line[:200]}); "
             "it may be truncated or from another program: use a checkpoint.pt written by `nin train`"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("nin-checkpoint-"):
         raise NinError(
             f"{path}: not a nin checkpoint (no '{FORMAT}' marker); use a checkpoint.pt written by `nin train`"
         )
-    if not (isinstance(state.get("model"), dict) and isinstance(state.get("config"), dict)):
-        raise NinError(f"{path}: damaged nin checkpoint (no model weights or config); use another checkpoint")
+    if state["format"] != FORMAT:
+        raise NinError(f"{path}: a {state['format']} checkpoint from another version of nin; this one reads "
+                       f"{FORMAT}: train again, or use the nin version that wrote it")  # fmt: skip
+    if not all(isinstance(state.get(key), dict) for key in ("model", "config", "position")) or (
+        state.get("sha256") != digest(state)
+    ):
+        raise NinError(f"{path}: damaged nin checkpoint (its contents do not match their SHA-256); use another one")
     return state
 
 

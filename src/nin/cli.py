@@ -9,7 +9,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from nin.config import DEVICES, FIELDS, Config, load_config, load_preset, presets
+from nin.config import DEVICES, FIELDS, Config, from_dict, load_config, load_preset, presets
 from nin.errors import NinError
 
 DEFAULT_PRESET = "quick"
@@ -37,6 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         kind = {"int": int, "float": float, "str": str}[field.type]
         choices = field.metadata["choices"] or None
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, help=field.metadata["help"])
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
     p.add_argument("--force", action="store_true", help="reuse a non-empty --out, overwriting its files")
     _add_data_dir(p)
@@ -94,27 +95,55 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
-    from nin.train import RUN_FILES
+    from nin.train import RUN_FILES, Stopped
     from nin.train import train as run_training
 
+    try:
+        if args.resume:
+            config, out = _resumed_config(args), args.resume
+        else:
+            config, out = _new_run(args)
+            if out.exists() and not out.is_dir():
+                raise NinError(f"--out {out} is a file, not a directory")
+            if out.exists() and any(out.iterdir()):
+                if not args.force:
+                    raise NinError(f"{out} already exists and is not empty; choose another --out, or pass --force "
+                                   "to replace the run files in it")  # fmt: skip
+                for file in RUN_FILES:  # a fresh run: no file of the old one may pass for the new one's
+                    (out / file).unlink(missing_ok=True)
+        run_training(config, out, args.data_dir, resume=bool(args.resume))
+    except Stopped as e:
+        print(f"nin: {e}", file=sys.stderr)
+        return 128 + e.signum
+    return 0
+
+
+def _new_run(args: argparse.Namespace) -> tuple[Config, Path]:
+    """The config (preset or file, then flags) and run directory of a new run."""
     if args.config:
-        config, name = load_config(args.config), f"config {args.config}"
+        config, name = load_config(args.config), args.config.stem
     else:
-        config, name = load_preset(args.preset or DEFAULT_PRESET), f"preset {args.preset or DEFAULT_PRESET}"
+        name = args.preset or DEFAULT_PRESET
+        config = load_preset(name)
     overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}
     config = Config(**{**config.to_dict(), **overrides})
-    out = args.out or _new_run_dir(args.config.stem if args.config else args.preset or DEFAULT_PRESET)
-    if out.exists() and not out.is_dir():
-        raise NinError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not args.force:
-            raise NinError(f"{out} already exists and is not empty; choose another --out, or pass --force to "
-                           "replace the run files in it")  # fmt: skip
-        for file in RUN_FILES:  # a fresh run: no file of the old one may pass for the new one's
-            (out / file).unlink(missing_ok=True)
-    print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
-    run_training(config, out, args.data_dir)
-    return 0
+    print(f"{'config ' + str(args.config) if args.config else 'preset ' + name}: "
+          + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))  # fmt: skip
+    return config, args.out or _new_run_dir(name)
+
+
+def _resumed_config(args: argparse.Namespace) -> Config:
+    """The run's own config; only the device may change."""
+    from nin.checkpoint import CHECKPOINT, load_checkpoint
+
+    given = [f"--{k.replace('_', '-')}" for k in FIELDS if k != "device" and getattr(args, k) is not None]
+    given += [f"--{k}" for k in ("preset", "config", "out", "force") if getattr(args, k)]
+    if given:
+        raise NinError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+    if not args.resume.is_dir():
+        raise NinError(f"--resume {args.resume}: not a run directory (it should hold {CHECKPOINT})")
+    config = from_dict(load_checkpoint(args.resume)["config"], source=str(args.resume / CHECKPOINT))
+    return Config(**{**config.to_dict(), "device": args.device or config.device})
 
 
 def _new_run_dir(name: str) -> Path:

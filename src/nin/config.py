@@ -32,6 +32,7 @@ class Config:
     init: str = _field("xavier", "weight init (d2l: xavier); kaiming suits ReLU networks", tuple(INITS))
     seed: int = _field(0, "seeds the initialisation, dropout and the data order (default 0)")
     device: str = _field("auto", "auto picks cuda, then mps, then cpu (default auto)", DEVICES)
+    checkpoint_every: int = _field(0, "also write a checkpoint every N steps (default 0: after each epoch only)")
     train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
     test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")
 
@@ -47,8 +48,9 @@ class Config:
             raise NinError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.seed < 2**32:
             raise NinError(f"seed must be in [0, 2**32), got {self.seed}")
-        if self.train_limit < 0 or self.test_limit < 0:
-            raise NinError("train_limit and test_limit must be 0 (all) or positive")
+        for name in ("train_limit", "test_limit", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise NinError(f"{name} must be 0 (off/all) or positive, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
             if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]:
                 raise NinError(

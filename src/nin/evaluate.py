@@ -11,7 +11,7 @@ from nin.checkpoint import model_from_checkpoint, resolve
 from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
 from nin.errors import NinError
 from nin.plots import plot_confusion
-from nin.train import pick_device
+from nin.runtime import pick_device
 
 
 def confusion_matrix(net: torch.nn.Module, batches: Batches) -> torch.Tensor:

@@ -1,0 +1,78 @@
+"""Where training runs: the device, and the process group when started by torchrun.
+
+`torchrun --nproc_per_node=N -m nin train ...` sets RANK, LOCAL_RANK and WORLD_SIZE; every rank then
+runs the same program on its shard of each batch, and DistributedDataParallel averages gradients.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from nin.errors import NinError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NinError("--device cuda: no CUDA device is available to this PyTorch; use --device cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise NinError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that timers measure it (d2l's float() on the loss does the same)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone prints, and writes the run directory."""
+        return self.rank == 0
+
+    def all_sum(self, *values: float) -> list[float]:
+        """Sum numbers over all ranks (with one rank: the numbers themselves)."""
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's `obj`, in rank order."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def setup(device_name: str) -> Runtime:
+    """The runtime of this process: one process, or one rank of a torchrun job (gloo on CPU, nccl on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world_size == 1:
+        return Runtime(device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise NinError(f"distributed training runs on cpu (gloo) or cuda (nccl), not {device.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, rank, world_size)
