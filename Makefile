@@ -18,6 +18,6 @@ train: $(VENV)/installed
 	$(BIN)/nin train --preset quick
 
 test: $(VENV)/installed
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest

@@ -17,7 +17,7 @@ from nin.evaluate import evaluate
 # 10 steps per epoch, dropout on (its RNG state must survive the restart), a checkpoint every 2 steps
 RUN = ["--resize", "67", "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--momentum", "0.9",
        "--init", "kaiming", "--dropout", "0.5", "--train-limit", "640", "--test-limit", "200",
-       "--device", "cpu", "--checkpoint-every", "2"]  # fmt: skip
+       "--device", "cpu", "--precision", "fp32", "--checkpoint-every", "2"]  # fmt: skip
 
 
 def start(*args: str) -> subprocess.Popen:

@@ -13,6 +13,7 @@ from nin.model import INITS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _field(default: object, help: str, choices: tuple[str, ...] = ()) -> dataclasses.Field:
@@ -32,6 +33,9 @@ class Config:
     init: str = _field("xavier", "weight init (d2l: xavier); kaiming suits ReLU networks", tuple(INITS))
     seed: int = _field(0, "seeds the initialisation, dropout and the data order (default 0)")
     device: str = _field("auto", "auto picks cuda, then mps, then cpu (default auto)", DEVICES)
+    precision: str = _field(
+        "auto", "auto: bf16 autocast where the device computes bf16 natively, else fp32 (the seed's)", PRECISIONS
+    )
     checkpoint_every: int = _field(0, "also write a checkpoint every N steps (default 0: after each epoch only)")
     train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
     test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")

@@ -7,6 +7,7 @@ runs the same program on its shard of each batch, and DistributedDataParallel av
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype for `--precision` on `device`; None means plain fp32.
+
+    bf16 autocast runs convolutions and matmuls in bf16 (weights, gradients and the SGD update stay
+    fp32). It pays only where the hardware computes bf16 natively: CUDA GPUs from Ampere on, and
+    CPUs with AVX-512 BF16 or AMX. Elsewhere oneDNN emulates it, several times slower than fp32.
+    """
+    if precision == "fp32":
+        return None
+    if device.type not in ("cpu", "cuda"):
+        if precision == "bf16":
+            raise NinError(f"--precision bf16 runs on cpu or cuda, not {device.type}; use --precision fp32")
+        return None
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "auto":
+        return torch.bfloat16 if native else None
+    if not native:
+        print(f"warning: --precision bf16 on a {device.type} without native bf16 is emulated and slow; "
+              "--precision fp32 or auto is faster here", file=sys.stderr)  # fmt: skip
+    return torch.bfloat16
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so that timers measure it (d2l's float() on the loss does the same)."""
     if device.type == "cuda":
@@ -36,6 +59,7 @@ def sync(device: torch.device) -> None:
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
+    dtype: torch.dtype | None = None  # autocast dtype; None: fp32
     rank: int = 0
     world_size: int = 1
 
@@ -61,12 +85,14 @@ class Runtime:
         return out
 
 
-def setup(device_name: str) -> Runtime:
+def setup(device_name: str, precision: str) -> Runtime:
     """The runtime of this process: one process, or one rank of a torchrun job (gloo on CPU, nccl on CUDA)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_name)
+    # every batch has the same shape: let cuDNN time its convolution algorithms once and keep the fastest
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     if world_size == 1:
-        return Runtime(device)
+        return Runtime(device, autocast_dtype(device, precision))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -75,4 +101,4 @@ def setup(device_name: str) -> Runtime:
         raise NinError(f"distributed training runs on cpu (gloo) or cuda (nccl), not {device.type}")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, rank, world_size)
+    return Runtime(device, autocast_dtype(device, precision), rank, world_size)

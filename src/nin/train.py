@@ -74,7 +74,8 @@ def evaluate_accuracy(net: nn.Module, batches: Batches, rt: Runtime | None = Non
     """Share of correctly classified examples, in eval mode (dropout off), summed over all ranks."""
     net.eval()
     correct = torch.zeros((), dtype=torch.long, device=batches.device)
-    with torch.inference_mode():
+    dtype = rt.dtype if rt else None
+    with torch.inference_mode(), torch.autocast(batches.device.type, dtype, enabled=dtype is not None):
         for x, y in batches:
             correct += (net(x).argmax(dim=1) == y).sum()
     (total,) = rt.all_sum(correct.item()) if rt else [correct.item()]
@@ -91,7 +92,7 @@ def init_model(config: Config) -> NiN:
 
 def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: bool = False) -> list[dict]:
     """Train NiN as `config` says (or continue the run in `out_dir`); returns the per-epoch metrics."""
-    rt = setup(config.device)
+    rt = setup(config.device, config.precision)
     if config.batch_size % rt.world_size:
         raise NinError(f"--batch-size {config.batch_size} (the global batch) does not divide among "
                        f"{rt.world_size} processes; use a multiple of {rt.world_size}")  # fmt: skip
@@ -120,7 +121,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
     log(f"training on {rt.device}" + (f" x {rt.world_size} processes" if rt.world_size > 1 else ""))
     log(
         f"{len(train_y)} training / {len(test_y)} test images at {config.resize}x{config.resize}, "
-        f"run directory {out_dir}"
+        f"{'bf16 autocast' if rt.dtype else 'fp32'}, run directory {out_dir}"
     )
     if position["epoch"] or position["step"]:
         log(f"resuming after epoch {position['epoch']}, step {position['step']}")
@@ -208,10 +209,11 @@ def _train_epoch(
     with bar:
         for step, (x, y) in enumerate(batches.epoch(epoch, first_step), start=first_step):
             t = time.perf_counter()
-            y_hat = model(x)
+            with torch.autocast(rt.device.type, rt.dtype, enabled=rt.dtype is not None):
+                y_hat = model(x)
             # the mean over the global batch: each rank's sum, scaled so that DDP's average over ranks
             # is the mean over all examples (with one process, exactly d2l's mean cross-entropy)
-            losses = F.cross_entropy(y_hat, y, reduction="sum")
+            losses = F.cross_entropy(y_hat.float(), y, reduction="sum")
             loss = losses / (batches.global_batch_len(step) / rt.world_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,26 @@
+"""The benchmark's quick mode runs end to end and prints every figure (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parents[1] / "benchmarks" / "bench.py"
+
+
+def test_bench_quick_prints_every_figure():
+    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--json"], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for label in ("matmul peak fp32", "matmul peak bf16", "reference loop (seed path)", "our loop (auto)",
+                  "speed-up, end to end", "our train step"):  # fmt: skip
+        assert any(line.startswith(label) for line in lines), label
+    assert "of the fp32 peak" in result.stdout and "of the bf16 peak" in result.stdout and "peak RSS" in result.stdout
+    figures = json.loads(lines[-1])
+    runs = figures["runs"]
+    assert all(r["gflops"] > 0 for r in runs["fp32"] + runs["bf16"])
+    for loop in ("reference", "ours"):
+        (run,) = runs[loop]
+        assert 0 < run["step_seconds"] < run["seconds"] and 0 <= run["test_acc"] <= 1 and run["rss_mb"] > 0
+    assert figures["config"]["train_limit"] == 64 and figures["train_gflop_per_image"] > 0

@@ -1,0 +1,55 @@
+"""Precision: bf16 autocast only where the hardware has it, and close to fp32 on real images."""
+
+import pytest
+import torch
+
+from nin.checkpoint import model_from_checkpoint
+from nin.config import Config
+from nin.data import load_fashion_mnist, resize
+from nin.errors import NinError
+from nin.runtime import autocast_dtype
+from nin.train import train
+from short_run import SHORT
+
+CPU = torch.device("cpu")
+NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_precision_choice():
+    assert autocast_dtype(CPU, "fp32") is None
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if NATIVE_BF16 else None)
+    assert autocast_dtype(CPU, "bf16") == torch.bfloat16
+    assert autocast_dtype(torch.device("mps"), "auto") is None
+    with pytest.raises(NinError, match="bf16 runs on cpu or cuda"):
+        autocast_dtype(torch.device("mps"), "bf16")
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native bf16")
+def test_emulated_bf16_is_announced(capsys):
+    autocast_dtype(CPU, "bf16")
+    assert "emulated and slow" in capsys.readouterr().err
+
+
+def test_bf16_channels_last_agrees_with_fp32_nchw_on_real_images(trained_run):
+    """The trained network on 500 real test images: fp32 NCHW (the seed's path) vs bf16 autocast with
+    channels_last (ours where bf16 is native). bf16 keeps 8 bits of mantissa (relative error ~0.4% per
+    rounding), so logits may differ by a few percent of their range; predictions must agree on >= 98%."""
+    net, config = model_from_checkpoint(trained_run)
+    images, _ = load_fashion_mnist("test")
+    x = resize(images[:500], config.resize)
+    with torch.inference_mode():
+        reference = net(x)
+        fast_net = net.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = fast_net(x.contiguous(memory_format=torch.channels_last)).float()
+    scale = reference.abs().max()
+    assert (fast - reference).abs().max() <= 0.05 * scale
+    assert (fast.argmax(1) == reference.argmax(1)).float().mean() >= 0.98
+
+
+def test_training_in_bf16_runs_and_says_so(tmp_path, capsys):
+    config = Config(**{**SHORT, "precision": "bf16", "epochs": 1, "batch_size": 32, "train_limit": 64,
+                       "test_limit": 64})  # fmt: skip
+    (metrics,) = train(config, tmp_path)
+    assert torch.isfinite(torch.tensor(metrics["train_loss"])) and 0 <= metrics["test_acc"] <= 1
+    assert "bf16 autocast" in capsys.readouterr().out
