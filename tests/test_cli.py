@@ -28,11 +28,12 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 def test_help_lists_every_command():
     result = nin("--help")
     assert result.returncode == 0
-    for command in ("summary", "train", "evaluate", "predict"):
+    for command in ("summary", "train", "evaluate", "predict", "cam"):
         assert command in result.stdout
     train_help = nin("train", "--help").stdout
     for flag in ("--preset", "--config", "--epochs", "--lr", "--batch-size", "--resize", "--device", "--seed",
-                 "--train-limit", "--test-limit", "--out", "--force", "--data-dir"):  # fmt: skip
+                 "--train-limit", "--test-limit", "--out", "--force", "--data-dir", "--precision", "--resume",
+                 "--checkpoint-every"):  # fmt: skip
         assert flag in train_help
 
 

@@ -1,4 +1,4 @@
-"""The `nin` command: summary, train, evaluate, predict. A thin layer over the library."""
+"""The `nin` command: summary, train, evaluate, predict, cam. A thin layer over the library."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    p = commands.add_parser("cam", help="class activation maps of images or test images, as a PNG grid")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
+    p.add_argument("--test-samples", type=int, default=0, metavar="N", help="the first N test images instead")
+    p.add_argument("--out", type=Path, help="the PNG (default: cam.png beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_data_dir(p)
     return parser
 
 
@@ -70,7 +78,8 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        return {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict}[args.command](args)
+        commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam}
+        return commands[args.command](args)
     except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
         return 2
@@ -178,4 +187,18 @@ def predict(args: argparse.Namespace) -> int:
         return 0
     for r in results:
         print(f"{r['image']}: " + ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 0
+
+
+def cam(args: argparse.Namespace) -> int:
+    from nin.cam import cam as draw_cams
+
+    result = draw_cams(args.checkpoint, args.images, args.test_samples, args.data_dir, args.out)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for r in result["images"]:
+        true = f" (true: {r['true']} {r['true_prob']:.3f})" if "true" in r else ""
+        print(f"{r['image']}: {r['predicted']} {r['prob']:.3f}{true}")
+    print(f"class maps: {result['png']}")
     return 0

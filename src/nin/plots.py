@@ -1,4 +1,4 @@
-"""PNG figures: training curves (like d2l's Animator) and the confusion matrix."""
+"""PNG figures: training curves (like d2l's Animator), the confusion matrix, class activation maps."""
 
 from __future__ import annotations
 
@@ -49,4 +49,35 @@ def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Pat
             ax.text(
                 j, i, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black"
             )
+    _save(fig, path)
+
+
+def plot_cams(
+    images: torch.Tensor,
+    heat: torch.Tensor,
+    probs: torch.Tensor,
+    labels: torch.Tensor | None,
+    names: list[str],
+    class_names: tuple[str, ...],
+    path: Path,
+) -> None:
+    """One row per image: the input, then the class map of the predicted class and (when known) of the
+    true class over it. Both maps of a row share one colour scale, so their strengths compare."""
+    images, heat = images.numpy(), heat.numpy()
+    columns = 2 if labels is None else 3
+    fig = Figure(figsize=(2.2 * columns, 2.3 * len(images)))
+    axes = fig.subplots(len(images), columns, squeeze=False)
+    for i, row in enumerate(axes):
+        predicted = int(probs[i].argmax())
+        shown = [predicted] if labels is None else [predicted, int(labels[i])]
+        low, high = heat[i, shown].min().item(), heat[i, shown].max().item()
+        row[0].imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(names[i][-28:], fontsize=7)
+        for ax, c, what in zip(row[1:], shown, ("predicted", "true")):
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(heat[i, c], cmap="jet", alpha=0.5, vmin=low, vmax=high)
+            ok = "" if labels is None or what == "predicted" or c == predicted else " (missed)"
+            ax.set_title(f"{what}: {class_names[c]} {probs[i, c]:.2f}{ok}", fontsize=7)
+        for ax in row:
+            ax.axis("off")
     _save(fig, path)

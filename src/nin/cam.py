@@ -1,0 +1,74 @@
+"""Class activation maps: NiN's free, exact explanation of each prediction.
+
+NiN's last mlpconv block outputs one spatial map per class, and global average pooling turns each map
+into that class's score. So the maps *are* the evidence: a class's logit is the mean of its map, and
+where the map is high is where the network found that class. (CAM papers approximate this for CNNs
+with a fully connected head; for NiN nothing is approximated.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nin.checkpoint import model_from_checkpoint, resolve
+from nin.data import CLASS_NAMES, load_fashion_mnist, resize
+from nin.errors import NinError
+from nin.evaluate import load_image
+from nin.model import MAX_RESIZE, NiN, feature_sizes
+from nin.plots import plot_cams
+
+MAX_IMAGES = 64  # rows of one readable PNG
+
+
+def class_maps(net: NiN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, classes, h, w) maps, the exact tensor that global average pooling averages, and the logits."""
+    maps = net[:-2](x)  # every layer before AdaptiveAvgPool2d and Flatten
+    return maps, maps.mean(dim=(2, 3))
+
+
+def cam(
+    path: Path,
+    image_paths: list[Path] = (),
+    test_samples: int = 0,
+    data_dir: Path | None = None,
+    out: Path | None = None,
+) -> dict:
+    """Class maps for image files, or for the first `test_samples` test images (whose true class is known),
+    drawn as heat maps over the input for the predicted and the true class into one PNG grid
+    (default: cam.png beside the checkpoint)."""
+    if bool(image_paths) == bool(test_samples):
+        raise NinError("give either image files or --test-samples N, not both and not neither")
+    if not 0 <= test_samples <= MAX_IMAGES or len(image_paths) > MAX_IMAGES:
+        raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
+    checkpoint = resolve(path)
+    net, config = model_from_checkpoint(checkpoint)
+    if feature_sizes(net, config.resize)[-1] < 2:
+        smallest = next(r for r in range(config.resize, MAX_RESIZE) if feature_sizes(net, r)[-1] >= 2)
+        raise NinError(
+            f"{checkpoint}: trained at {config.resize}x{config.resize}, where NiN's class maps are 1x1, so they "
+            f"cannot show where the evidence is; use a run trained at resize {smallest} or more (2x2 maps; "
+            "the d2l preset's 224 gives 5x5)"
+        )
+    if image_paths:
+        images, labels, names = torch.stack([load_image(p) for p in image_paths]), None, [str(p) for p in image_paths]
+    else:
+        images, labels = load_fashion_mnist("test", data_dir)
+        images, labels = images[:test_samples], labels[:test_samples]
+        names = [f"test image {i}" for i in range(test_samples)]
+    x = resize(images, config.resize)
+    with torch.inference_mode():
+        maps, logits = class_maps(net, x)
+    probs = logits.softmax(dim=1)
+    heat = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    out = out or checkpoint.parent / "cam.png"
+    plot_cams(x[:, 0], heat, probs, labels, names, CLASS_NAMES, out)
+    rows = []
+    for i, name in enumerate(names):
+        p = int(probs[i].argmax())
+        rows.append({"image": name, "predicted": CLASS_NAMES[p], "prob": probs[i, p].item()})
+        if labels is not None:
+            rows[-1].update(true=CLASS_NAMES[labels[i]], true_prob=probs[i, labels[i]].item())
+    return {"checkpoint": str(checkpoint), "png": str(out), "images": rows}

@@ -1,0 +1,79 @@
+"""Class activation maps: exactly the tensors NiN pools, drawn for files and for test images."""
+
+import pytest
+import torch
+from PIL import Image
+
+from nin.cam import cam, class_maps
+from nin.checkpoint import model_from_checkpoint
+from nin.cli import main
+from nin.config import Config
+from nin.data import load_fashion_mnist, resize
+from nin.errors import NinError
+from nin.model import NiN, init_weights
+from nin.train import train
+from short_run import SHORT
+
+
+@pytest.fixture(scope="module")
+def run_at_131(tmp_path_factory):
+    """A briefly trained run at 131x131, where the class maps are 3x3."""
+    out = tmp_path_factory.mktemp("cam-run")
+    train(Config(**{**SHORT, "resize": 131, "epochs": 1, "train_limit": 128, "test_limit": 64}), out)
+    return out
+
+
+def test_class_maps_are_what_the_network_pools():
+    torch.manual_seed(0)
+    net = NiN().apply(init_weights).eval()
+    x = resize(load_fashion_mnist("test")[0][:4], 224)
+    pooled = []
+    net[8].register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0]))  # AdaptiveAvgPool2d
+    with torch.inference_mode():
+        logits = net(x)
+        maps, mean = class_maps(net, x)
+    assert maps.shape == (4, 10, 5, 5)
+    assert torch.equal(maps, pooled[0])
+    torch.testing.assert_close(mean, logits, rtol=1e-5, atol=1e-6)
+
+
+def test_cam_of_test_images(run_at_131, tmp_path):
+    result = cam(run_at_131, test_samples=3, out=tmp_path / "cam.png")
+    net, config = model_from_checkpoint(run_at_131)
+    images, labels = load_fashion_mnist("test")
+    with torch.inference_mode():
+        probs = net(resize(images[:3], config.resize)).softmax(dim=1)
+    for i, row in enumerate(result["images"]):
+        assert row["image"] == f"test image {i}"
+        assert row["prob"] == pytest.approx(probs[i].max().item(), rel=1e-5)
+        assert row["true_prob"] == pytest.approx(probs[i, labels[i]].item(), rel=1e-5)
+    cam(run_at_131, test_samples=1, out=tmp_path / "one.png")
+    with Image.open(tmp_path / "cam.png") as three, Image.open(tmp_path / "one.png") as one:
+        assert three.format == one.format == "PNG" and three.size[1] > 2.5 * one.size[1]  # a row per image
+
+
+def test_cam_of_image_files_has_no_true_class(run_at_131, tmp_path):
+    png = tmp_path / "boot.png"
+    Image.fromarray(load_fashion_mnist("test")[0][0].numpy()).save(png)
+    result = cam(run_at_131, [png])
+    assert result["png"] == str(run_at_131 / "cam.png") and (run_at_131 / "cam.png").is_file()
+    assert set(result["images"][0]) == {"image", "predicted", "prob"}
+
+
+def test_bad_requests(run_at_131, trained_run, tmp_path):
+    with pytest.raises(NinError, match="either image files or --test-samples"):
+        cam(run_at_131)
+    with pytest.raises(NinError, match="either image files or --test-samples"):
+        cam(run_at_131, [tmp_path / "a.png"], test_samples=2)
+    with pytest.raises(NinError, match="at most 64 images"):
+        cam(run_at_131, test_samples=65)
+    with pytest.raises(NinError, match="class maps are 1x1.*resize 99 or more"):
+        cam(trained_run, test_samples=2)  # trained at 67x67
+
+
+def test_cli(run_at_131, tmp_path, capsys):
+    assert main(["cam", str(run_at_131), "--test-samples", "2", "--out", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert "test image 1:" in out and "(true: " in out and f"class maps: {tmp_path / 'c.png'}" in out
+    assert main(["cam", str(run_at_131)]) == 2
+    assert "nin: error: give either image files" in capsys.readouterr().err
