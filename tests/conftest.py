@@ -25,16 +25,27 @@ def data_copy(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> Path:
-    """A short real-data run (see `SHORT`) shared by the train, evaluate, predict and CLI tests."""
+def _train_once(tmp_path_factory, name: str, **settings) -> Path:
+    """Train a session-wide run with the same isolation as `_private_cache`."""
     from nin.config import Config
     from nin.train import train
 
-    out = tmp_path_factory.mktemp("runs") / "short"
-    with pytest.MonkeyPatch.context() as mp:  # the same isolation as `_private_cache`, for a session fixture
+    out = tmp_path_factory.mktemp("runs") / name
+    with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
         mp.delenv("NIN_DATA_DIR", raising=False)
         mp.delenv("NIN_DATA_MIRROR", raising=False)
-        train(Config(**SHORT), out)
+        train(Config(**{**SHORT, **settings}), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A short real-data run (see `SHORT`) shared by the train, evaluate, predict and CLI tests."""
+    return _train_once(tmp_path_factory, "short")
+
+
+@pytest.fixture(scope="session")
+def run_at_131(tmp_path_factory) -> Path:
+    """A briefly trained run at 131x131, where the class maps are 3x3 (for `cam` and `report`)."""
+    return _train_once(tmp_path_factory, "at131", resize=131, epochs=1, train_limit=128, test_limit=64)

@@ -7,20 +7,9 @@ from PIL import Image
 from nin.cam import cam, class_maps
 from nin.checkpoint import model_from_checkpoint
 from nin.cli import main
-from nin.config import Config
 from nin.data import load_fashion_mnist, resize
 from nin.errors import NinError
 from nin.model import NiN, init_weights
-from nin.train import train
-from short_run import SHORT
-
-
-@pytest.fixture(scope="module")
-def run_at_131(tmp_path_factory):
-    """A briefly trained run at 131x131, where the class maps are 3x3."""
-    out = tmp_path_factory.mktemp("cam-run")
-    train(Config(**{**SHORT, "resize": 131, "epochs": 1, "train_limit": 128, "test_limit": 64}), out)
-    return out
 
 
 def test_class_maps_are_what_the_network_pools():

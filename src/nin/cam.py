@@ -45,25 +45,39 @@ def cam(
         raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
     checkpoint = resolve(path)
     net, config = model_from_checkpoint(checkpoint)
-    if feature_sizes(net, config.resize)[-1] < 2:
-        smallest = next(r for r in range(config.resize, MAX_RESIZE) if feature_sizes(net, r)[-1] >= 2)
-        raise NinError(
-            f"{checkpoint}: trained at {config.resize}x{config.resize}, where NiN's class maps are 1x1, so they "
-            f"cannot show where the evidence is; use a run trained at resize {smallest} or more (2x2 maps; "
-            "the d2l preset's 224 gives 5x5)"
-        )
+    check_maps(checkpoint, config.resize)
     if image_paths:
         images, labels, names = torch.stack([load_image(p) for p in image_paths]), None, [str(p) for p in image_paths]
     else:
         images, labels = load_fashion_mnist("test", data_dir)
         images, labels = images[:test_samples], labels[:test_samples]
         names = [f"test image {i}" for i in range(test_samples)]
-    x = resize(images, config.resize)
+    out = out or checkpoint.parent / "cam.png"
+    rows = draw_cams(net, config.resize, images, labels, names, out)
+    return {"checkpoint": str(checkpoint), "png": str(out), "images": rows}
+
+
+def check_maps(checkpoint: Path, size: int) -> None:
+    """Refuse runs whose class maps are 1x1: a single value per class cannot show where."""
+    net = NiN()
+    if feature_sizes(net, size)[-1] < 2:
+        smallest = next(r for r in range(size, MAX_RESIZE) if feature_sizes(net, r)[-1] >= 2)
+        raise NinError(
+            f"{checkpoint}: trained at {size}x{size}, where NiN's class maps are 1x1, so they cannot show "
+            f"where the evidence is; use a run trained at resize {smallest} or more (2x2 maps; the d2l "
+            "preset's 224 gives 5x5)"
+        )
+
+
+def draw_cams(
+    net: NiN, size: int, images: torch.Tensor, labels: torch.Tensor | None, names: list[str], out: Path
+) -> list[dict]:
+    """Draw the grid of uint8 `images` (28x28) to `out`; returns each image's prediction."""
+    x = resize(images, size)
     with torch.inference_mode():
         maps, logits = class_maps(net, x)
     probs = logits.softmax(dim=1)
     heat = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    out = out or checkpoint.parent / "cam.png"
     plot_cams(x[:, 0], heat, probs, labels, names, CLASS_NAMES, out)
     rows = []
     for i, name in enumerate(names):
@@ -71,4 +85,4 @@ def cam(
         rows.append({"image": name, "predicted": CLASS_NAMES[p], "prob": probs[i, p].item()})
         if labels is not None:
             rows[-1].update(true=CLASS_NAMES[labels[i]], true_prob=probs[i, labels[i]].item())
-    return {"checkpoint": str(checkpoint), "png": str(out), "images": rows}
+    return rows

@@ -1,4 +1,4 @@
-"""The `nin` command: summary, train, evaluate, predict, cam. A thin layer over the library."""
+"""The `nin` command: summary, train, evaluate, predict, cam, report. A thin layer over the library."""
 
 from __future__ import annotations
 
@@ -64,6 +64,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="the PNG (default: cam.png beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     _add_data_dir(p)
+
+    p = commands.add_parser("report", help="one self-contained HTML page about a run")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, help="the HTML file (default: report.html in the run directory)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
+    p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
+    _add_data_dir(p)
     return parser
 
 
@@ -78,7 +85,8 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
-        commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam}
+        commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
+                    "report": report}  # fmt: skip
         return commands[args.command](args)
     except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
@@ -201,4 +209,11 @@ def cam(args: argparse.Namespace) -> int:
         true = f" (true: {r['true']} {r['true_prob']:.3f})" if "true" in r else ""
         print(f"{r['image']}: {r['predicted']} {r['prob']:.3f}{true}")
     print(f"class maps: {result['png']}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from nin.report import report as write_report
+
+    print(f"report: {write_report(args.run_dir, args.data_dir, args.device, args.test_limit, args.out)}")
     return 0

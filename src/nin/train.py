@@ -36,7 +36,7 @@ from nin.plots import plot_curves
 from nin.runtime import Runtime, setup, sync
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
-RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", CHECKPOINT, "confusion_matrix.png", "cam.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", CHECKPOINT, "confusion_matrix.png", "cam.png", "report.html")
 
 
 class Stopped(Exception):

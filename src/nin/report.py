@@ -1,0 +1,122 @@
+"""One self-contained HTML page per run: config, curves, per-class accuracy, confusion matrix, class maps.
+
+Images are embedded as base64 PNGs and the style is inline, so the page can be mailed or archived
+as one file and opens anywhere without the run directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nin.cam import check_maps, draw_cams
+from nin.checkpoint import load_checkpoint, model_from_checkpoint, resolve
+from nin.data import load_fashion_mnist, resize
+from nin.errors import NinError
+from nin.evaluate import evaluate
+from nin.io import atomic_write_text
+from nin.plots import plot_curves
+
+CAM_POOL = 1000  # the correct and wrong examples are the first ones among this many test images
+STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.pair{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}.note{color:#666}"""
+
+
+def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0,
+           out: Path | None = None, per_kind: int = 4) -> Path:  # fmt: skip
+    """Write the run's report (default RUN_DIR/report.html) and return its path."""
+    checkpoint = resolve(run_dir)
+    run_dir = checkpoint.parent
+    net, config = model_from_checkpoint(checkpoint)
+    history = load_checkpoint(checkpoint)["metrics"]
+    with tempfile.TemporaryDirectory() as tmp:  # the report leaves no other file behind
+        result = evaluate(checkpoint, data_dir, device, test_limit, plot=Path(tmp) / "confusion_matrix.png")
+        confusion = _img(Path(result["confusion_png"]), "confusion matrix")
+
+    sections = [
+        f"<h1>nin run {_e(run_dir.name)}</h1>",
+        f"<p>Test accuracy <b>{result['test_acc']:.4f}</b> on {result['examples']} test images after "
+        f"{len(history)} of {config.epochs} epochs; {sum(m['epoch_seconds'] for m in history):.0f} s of training "
+        f"wall time.</p>",
+        "<h2>Config</h2>" + _table(["setting", "value"], config.to_dict().items()),
+        "<h2>Training</h2>"
+        + _table(
+            ["epoch", "train loss", "train acc", "test acc", "examples/sec", "seconds"],
+            [
+                (
+                    m["epoch"],
+                    f"{m['train_loss']:.4f}",
+                    f"{m['train_acc']:.4f}",
+                    f"{m['test_acc']:.4f}",
+                    f"{m['examples_per_sec']:.1f}",
+                    f"{m['epoch_seconds']:.1f}",
+                )
+                for m in history
+            ],  # fmt: skip
+        )
+        + _curves(history, config.epochs),
+        "<h2>Test set</h2><div class=pair>"
+        + _table(["class", "accuracy"], [(c, f"{a:.4f}") for c, a in result["per_class_acc"].items()])
+        + confusion
+        + "</div>",
+        "<h2>Class activation maps</h2>" + _cam_section(net, config.resize, checkpoint, data_dir, per_kind),
+    ]
+    page = (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>nin run {_e(run_dir.name)}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
+    out = out or run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
+
+
+def _cam_section(net: torch.nn.Module, size: int, checkpoint: Path, data_dir: Path | None, per_kind: int) -> str:
+    """The first `per_kind` correct and `per_kind` wrong predictions among the first test images."""
+    try:
+        check_maps(checkpoint, size)
+    except NinError as e:
+        return f"<p class=note>Not drawn: {_e(str(e))}.</p>"
+    images, labels = load_fashion_mnist("test", data_dir)
+    images, labels = images[:CAM_POOL], labels[:CAM_POOL]
+    with torch.inference_mode():
+        predicted = torch.cat([net(resize(chunk, size)).argmax(dim=1) for chunk in images.split(250)])
+    right = (predicted == labels).nonzero().flatten()[:per_kind]
+    wrong = (predicted != labels).nonzero().flatten()[:per_kind]
+    chosen = torch.cat([right, wrong])
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "cam.png"
+        draw_cams(net, size, images[chosen], labels[chosen], [f"test image {i}" for i in chosen.tolist()], png)
+        return (
+            f"<p>The first {len(right)} correct and {len(wrong)} wrong predictions among the first {CAM_POOL} "
+            "test images: each class's map is what global average pooling turns into its score.</p>"
+            + _img(png, "class activation maps")
+        )
+
+
+def _curves(history: list[dict], epochs: int) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_curves(history, epochs, Path(tmp) / "curves.png")
+        return _img(Path(tmp) / "curves.png", "training curves")
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _table(header: list[str], rows) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
