@@ -2,8 +2,8 @@
 
 NiN's last mlpconv block outputs one spatial map per class, and global average pooling turns each map
 into that class's score. So the maps *are* the evidence: a class's logit is the mean of its map, and
-where the map is high is where the network found that class. (CAM papers approximate this for CNNs
-with a fully connected head; for NiN nothing is approximated.)
+where the map is high is where the network found that class. (The CAM method of Zhou et al., 2016,
+rebuilds such maps from a network's last features and its linear head; NiN outputs them directly.)
 """
 
 from __future__ import annotations
