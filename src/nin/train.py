@@ -190,7 +190,7 @@ def _train_epoch(
     history: list[dict],
 ) -> tuple[float, float, int, float]:
     """One pass over the training data from batch `first_step` on; returns (loss sum, correct, examples,
-    seconds in steps), summed over all ranks."""
+    this rank's seconds in steps); the first three summed over all ranks."""
     model.train()
     # running sums stay on the device (no sync per step); a resumed epoch starts from the saved ones
     carried = sums if sums and rt.is_main else [0.0, 0, 0, 0.0]
@@ -237,7 +237,8 @@ def _train_epoch(
                 )
             at_interval = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
             if (stopping or at_interval) and step + 1 < len(batches):
-                totals = rt.all_sum(loss_sum.item(), correct.item(), seen, seconds)
+                # sums over ranks, but rank 0's own step time: it is a wall-clock time, not a count
+                totals = [*rt.all_sum(loss_sum.item(), correct.item(), seen), seconds]
                 _checkpoint(out_dir, net, optimizer, epoch, step + 1, totals, config, history, rt)
             if stopping:
                 signum = stop.signum or signal.SIGTERM  # a rank that got no signal itself stops with the others
@@ -246,7 +247,7 @@ def _train_epoch(
                     f"checkpoint written. Continue with: nin train --resume {out_dir}",
                     signum,
                 )
-    loss_total, correct_total, seen_total, _ = rt.all_sum(loss_sum.item(), correct.item(), seen, seconds)
+    loss_total, correct_total, seen_total = rt.all_sum(loss_sum.item(), correct.item(), seen)
     return loss_total, correct_total, int(seen_total), seconds
 
 
