@@ -34,6 +34,7 @@ from PIL import Image
 from nin.config import Config, load_preset
 from nin.data import load_fashion_mnist
 from nin.model import NiN, init_weights, layer_summary
+from nin.train import train
 
 
 class PILResize(torch.utils.data.Dataset):
@@ -95,8 +96,6 @@ def our_loop(config: Config) -> dict:
     start = time.perf_counter()
     quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
     with tempfile.TemporaryDirectory() as out, quiet[0], quiet[1]:
-        from nin.train import train
-
         (metrics,) = train(config, Path(out))
     return {
         "seconds": time.perf_counter() - start,

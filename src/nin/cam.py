@@ -45,7 +45,7 @@ def cam(
         raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
     checkpoint = resolve(path)
     net, config = model_from_checkpoint(checkpoint)
-    check_maps(checkpoint, config.resize)
+    check_maps(net, checkpoint, config.resize)
     if image_paths:
         images, labels, names = torch.stack([load_image(p) for p in image_paths]), None, [str(p) for p in image_paths]
     else:
@@ -57,9 +57,8 @@ def cam(
     return {"checkpoint": str(checkpoint), "png": str(out), "images": rows}
 
 
-def check_maps(checkpoint: Path, size: int) -> None:
+def check_maps(net: NiN, checkpoint: Path, size: int) -> None:
     """Refuse runs whose class maps are 1x1: a single value per class cannot show where."""
-    net = NiN()
     if feature_sizes(net, size)[-1] < 2:
         smallest = next(r for r in range(size, MAX_RESIZE) if feature_sizes(net, r)[-1] >= 2)
         raise NinError(

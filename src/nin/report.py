@@ -81,7 +81,7 @@ def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", te
 def _cam_section(net: torch.nn.Module, size: int, checkpoint: Path, data_dir: Path | None, per_kind: int) -> str:
     """The first `per_kind` correct and `per_kind` wrong predictions among the first test images."""
     try:
-        check_maps(checkpoint, size)
+        check_maps(net, checkpoint, size)
     except NinError as e:
         return f"<p class=note>Not drawn: {_e(str(e))}.</p>"
     images, labels = load_fashion_mnist("test", data_dir)
