@@ -1,4 +1,4 @@
-"""The `nin` command: summary, train, evaluate, predict, cam, report. A thin layer over the library."""
+"""The `nin` command: summary, train, evaluate, predict, cam, compare, report. A thin layer over the library."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from nin.config import DEVICES, FIELDS, Config, from_dict, load_config, load_preset, presets
+from nin.compare import MODELS, Recipe
+from nin.config import DEVICES, FIELDS, PRECISIONS, Config, from_dict, load_config, load_preset, presets
 from nin.errors import NinError
 
 DEFAULT_PRESET = "quick"
@@ -65,6 +66,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     _add_data_dir(p)
 
+    p = commands.add_parser(
+        "compare",
+        help="NiN vs LeNet, AlexNet, VGG-11 and d2l's NiN exercises, on one budget",
+        description="Trains each model on the same images with the same recipe; writes compare.json, "
+        "compare.md (a markdown table) and compare.png (bar charts) to --out.",
+    )
+    p.add_argument("--models", default="all", help="comma-separated, from: " + ", ".join(MODELS) + " (default all)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=Recipe.budget,
+        metavar="IMAGES",
+        help=f"training images per model (default {Recipe.budget:,})",
+    )
+    p.add_argument("--resize", type=int, default=Recipe.resize, help=f"input side length (default {Recipe.resize})")
+    p.add_argument("--batch-size", type=int, default=Recipe.batch_size, help=f"default {Recipe.batch_size}")
+    p.add_argument("--lr", type=float, default=Recipe.lr, help=f"SGD learning rate (default {Recipe.lr})")
+    p.add_argument("--momentum", type=float, default=Recipe.momentum, help=f"default {Recipe.momentum}")
+    p.add_argument("--seed", type=int, default=Recipe.seed, help=f"default {Recipe.seed}")
+    p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: auto")
+    p.add_argument("--out", type=Path, help="output directory (default runs/compare-<date>-<time>); a run "
+                   "directory works too, and its report then shows the comparison")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="overwrite an earlier comparison in --out")
+    _add_data_dir(p)
+
     p = commands.add_parser("report", help="one self-contained HTML page about a run")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, help="the HTML file (default: report.html in the run directory)")
@@ -86,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
-                    "report": report}  # fmt: skip
+                    "compare": compare, "report": report}  # fmt: skip
         return commands[args.command](args)
     except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
@@ -209,6 +237,19 @@ def cam(args: argparse.Namespace) -> int:
         true = f" (true: {r['true']} {r['true_prob']:.3f})" if "true" in r else ""
         print(f"{r['image']}: {r['predicted']} {r['prob']:.3f}{true}")
     print(f"class maps: {result['png']}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from nin.compare import compare as run_comparison
+
+    names = list(MODELS) if args.models == "all" else [n.strip() for n in args.models.split(",") if n.strip()]
+    out = args.out or _new_run_dir("compare")
+    if (out / "compare.json").exists() and not args.force:
+        raise NinError(f"{out} already holds a comparison (compare.json); choose another --out, or pass --force")
+    fields = ("budget", "resize", "batch_size", "lr", "momentum", "seed", "test_limit", "device", "precision")
+    run_comparison(names, Recipe(**{f: getattr(args, f) for f in fields}), out, args.data_dir)
+    print(f"comparison: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
     return 0
 
 

@@ -26,16 +26,24 @@ __all__ = [
 ]
 
 
-def nin_block(in_channels: int, out_channels: int, kernel_size: int, strides: int, padding: int) -> nn.Sequential:
-    """An mlpconv block: a k x k convolution, then two 1x1 convolutions (an MLP per pixel)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding),
-        nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, kernel_size=1),
-        nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, kernel_size=1),
-        nn.ReLU(),
-    )
+def nin_block(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    strides: int,
+    padding: int,
+    mlp_layers: int = 2,
+    mlp_kernel: int = 1,
+) -> nn.Sequential:
+    """An mlpconv block: a k x k convolution, then two 1x1 convolutions (an MLP per pixel).
+
+    `mlp_layers` and `mlp_kernel` exist for d2l's exercises (one or three 1x1 convolutions; 3x3 instead
+    of 1x1, padded to keep the size); the defaults are the seed's block.
+    """
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding), nn.ReLU()]
+    for _ in range(mlp_layers):
+        layers += [nn.Conv2d(out_channels, out_channels, mlp_kernel, padding=mlp_kernel // 2), nn.ReLU()]
+    return nn.Sequential(*layers)
 
 
 # The feature blocks as (out_channels, kernel_size, stride, padding). Each is followed by a 3x3/2
@@ -50,22 +58,32 @@ BLOCKS = (
 class NiN(nn.Sequential):
     """d2l's NiN for `in_channels` x 224 x 224 input: 1,992,166 parameters, 0.762 GMAC at 224.
 
+    `mlp_layers` and `mlp_kernel` change every block for d2l's exercises (see `nin_block`).
+
     Shapes for a (1, 1, 224, 224) input are given after each layer.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.5):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        dropout: float = 0.5,
+        mlp_layers: int = 2,
+        mlp_kernel: int = 1,
+    ):
         layers: list[nn.Module] = []
         channels = in_channels
+        mlp = dict(mlp_layers=mlp_layers, mlp_kernel=mlp_kernel)
         for out_channels, kernel_size, stride, padding in BLOCKS:
             layers += [
-                nin_block(channels, out_channels, kernel_size, stride, padding),
+                nin_block(channels, out_channels, kernel_size, stride, padding, **mlp),
                 nn.MaxPool2d(kernel_size=3, stride=2),
             ]
             channels = out_channels
         super().__init__(
             *layers,
             nn.Dropout(dropout),  # (1, 384, 5, 5)
-            nin_block(channels, num_classes, kernel_size=3, strides=1, padding=1),  # (1, 10, 5, 5)
+            nin_block(channels, num_classes, kernel_size=3, strides=1, padding=1, **mlp),  # (1, 10, 5, 5)
             nn.AdaptiveAvgPool2d((1, 1)),  # (1, 10, 1, 1): global average pooling of each class map
             nn.Flatten(),  # (1, 10)
         )
@@ -99,7 +117,7 @@ def feature_sizes(model: nn.Module, size: int) -> list[int]:
     """Side length after each convolution and pooling layer for a `size` x `size` input."""
     sizes = []
     for layer in model.modules():
-        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             k, s, p = (_pair(getattr(layer, name)) for name in ("kernel_size", "stride", "padding"))
             size = (size + 2 * p - k) // s + 1
             sizes.append(size)

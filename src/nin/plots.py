@@ -1,4 +1,5 @@
-"""PNG figures: training curves (like d2l's Animator), the confusion matrix, class activation maps."""
+"""PNG figures: training curves (like d2l's Animator), the confusion matrix, class activation maps, the
+model comparison."""
 
 from __future__ import annotations
 
@@ -80,4 +81,23 @@ def plot_cams(
             ax.set_title(f"{what}: {class_names[c]} {probs[i, c]:.2f}{ok}", fontsize=7)
         for ax in row:
             ax.axis("off")
+    _save(fig, path)
+
+
+def plot_compare(rows: list[dict], path: Path, budget: str) -> None:
+    """Three bar charts side by side, one bar per model: test accuracy, parameters, training seconds."""
+    fig = Figure(figsize=(11, 0.45 * len(rows) + 1.2))
+    axes = fig.subplots(1, 3, sharey=True)
+    names = [r["model"] for r in rows][::-1]  # first row on top
+    panels = (("test_acc", "test accuracy", "{:.3f}"), ("params", "parameters (log)", "{:,.0f}"),
+              ("train_seconds", "training seconds", "{:.0f}"))  # fmt: skip
+    for ax, (key, label, fmt) in zip(axes, panels):
+        values = [r[key] for r in rows][::-1]
+        bars = ax.barh(names, values, color=["tab:green" if n.startswith("nin") else "tab:gray" for n in names])
+        ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=7, padding=2)
+        ax.set_xlabel(label)
+        ax.margins(x=0.3)
+        if key == "params":
+            ax.set_xscale("log")
+    fig.suptitle(f"Same budget for every model: {budget}", fontsize=10)
     _save(fig, path)

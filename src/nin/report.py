@@ -1,4 +1,5 @@
-"""One self-contained HTML page per run: config, curves, per-class accuracy, confusion matrix, class maps.
+"""One self-contained HTML page per run: config, curves, per-class accuracy, confusion matrix, class maps,
+and the model comparison when `nin compare` wrote one into the run directory.
 
 Images are embedded as base64 PNGs and the style is inline, so the page can be mailed or archived
 as one file and opens anywhere without the run directory.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import tempfile
 from pathlib import Path
 
@@ -67,6 +69,8 @@ def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", te
         + "</div>",
         "<h2>Class activation maps</h2>" + _cam_section(net, config.resize, checkpoint, data_dir, per_kind),
     ]
+    if (run_dir / "compare.json").exists():
+        sections.append("<h2>NiN and the classic CNNs</h2>" + _compare_section(run_dir))
     page = (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>nin run {_e(run_dir.name)}</title><style>{STYLE}</style></head><body>\n"
@@ -99,6 +103,35 @@ def _cam_section(net: torch.nn.Module, size: int, checkpoint: Path, data_dir: Pa
             "test images: each class's map is what global average pooling turns into its score.</p>"
             + _img(png, "class activation maps")
         )
+
+
+def _compare_section(run_dir: Path) -> str:
+    """The table and bar charts `nin compare --out RUN_DIR` left in the run directory."""
+    path = run_dir / "compare.json"
+    try:
+        result = json.loads(path.read_text())
+        recipe, rows = result["recipe"], result["rows"]
+        table = _table(
+            ["model", "parameters", "MACs/image", "head share", "train s", "test acc", "status"],
+            [
+                (
+                    r["description"],
+                    f"{r['params']:,}",
+                    f"{r['macs'] / 1e6:,.1f} M",
+                    f"{r['head_share']:.1%}",
+                    f"{r['train_seconds']:.0f}",
+                    f"{r['test_acc']:.4f}",
+                    r["status"],
+                )
+                for r in rows
+            ],  # fmt: skip
+        )
+        budget = (f"{recipe['budget']:,} training images per model at {recipe['resize']}x{recipe['resize']}, "
+                  f"batch {recipe['batch_size']}, SGD lr {recipe['lr']} momentum {recipe['momentum']}")  # fmt: skip
+    except (ValueError, KeyError, TypeError) as e:
+        raise NinError(f"{path}: not a comparison written by nin compare ({e}); rerun nin compare --force") from None
+    chart = _img(run_dir / "compare.png", "comparison bar charts") if (run_dir / "compare.png").exists() else ""
+    return f"<p>From <code>nin compare</code>: {_e(budget)}, on {_e(result.get('device', '?'))}.</p>{table}{chart}"
 
 
 def _curves(history: list[dict], epochs: int) -> str:
