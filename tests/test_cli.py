@@ -28,12 +28,13 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 def test_help_lists_every_command():
     result = nin("--help")
     assert result.returncode == 0
-    for command in ("summary", "train", "evaluate", "predict", "cam"):
+    for command in ("summary", "train", "sweep", "evaluate", "predict", "cam", "compare", "report"):
         assert command in result.stdout
     train_help = nin("train", "--help").stdout
     for flag in ("--preset", "--config", "--epochs", "--lr", "--batch-size", "--resize", "--device", "--seed",
                  "--train-limit", "--test-limit", "--out", "--force", "--data-dir", "--precision", "--resume",
-                 "--checkpoint-every"):  # fmt: skip
+                 "--checkpoint-every", "--arch", "--width", "--weight-decay", "--schedule", "--warmup",
+                 "--label-smoothing", "--augment", "--val-split"):  # fmt: skip
         assert flag in train_help
 
 
@@ -43,6 +44,9 @@ def test_summary(capsys):
     assert "(1, 96, 54, 54)" in out and "1,992,166" in out and "0.762 GMAC" in out
     assert main(["summary", "--resize", "96"]) == 0
     assert "(1, 10)" in capsys.readouterr().out
+    assert main(["summary", "--preset", "fast"]) == 0
+    out = capsys.readouterr().out
+    assert "per 28x28 image" in out and "(1, 10, 3, 3)" in out
 
 
 def test_summary_resize_too_small_in_a_real_process():

@@ -38,7 +38,15 @@ def test_config_file_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("epochz = 3", "unknown setting.*epochz.*valid: resize"),
+        ("epochz = 3", "unknown setting.*epochz.*valid: arch, width, resize"),
+        ("arch = 'resnet'", "arch must be one of nin, nin-bn"),
+        ("schedule = 'cosine'", "schedule must be one of constant, onecycle"),
+        ("augment = 'mixup'", "augment must be one of none, flip, flip-crop"),
+        ("warmup = 1.5", "warmup must be a share of the steps"),
+        ("label_smoothing = 1.0", "label_smoothing must be in"),
+        ("val_split = 60000", "val_split must be in"),
+        ("weight_decay = -0.1", "weight_decay must be 0 or positive"),
+        ("width = 0", "width must be at least 1"),
         ("epochs = 'three'", "epochs should be int"),
         ("epochs = true", "epochs should be int"),
         ("lr = -1.0", "lr must be positive"),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from nin import data
-from nin.data import CLASS_NAMES, FILES, Batches, load_fashion_mnist, resize
+from nin.data import CLASS_NAMES, FILES, Batches, augment, load_fashion_mnist, resize, split
 from nin.errors import NinError
 
 
@@ -174,3 +174,32 @@ def test_unshuffled_batches_are_in_order():
 def test_files_table_matches_the_bundled_copy():
     for name, (sha, _, _) in FILES.items():
         assert hashlib.sha256((data.BUNDLED / name).read_bytes()).hexdigest() == sha
+
+
+def test_validation_split_is_fixed_disjoint_and_complete():
+    images, labels = torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1), torch.arange(100)
+    (train_x, train_y), (val_x, val_y) = split(images, labels, 20)
+    assert len(val_y) == 20 and len(train_y) == 80
+    assert sorted(train_y.tolist() + val_y.tolist()) == list(range(100))
+    assert torch.equal(train_x.flatten().long(), train_y)  # images stay with their labels
+    assert torch.equal(split(images, labels, 20)[1][1], val_y)  # the same images every time
+    assert val_y.tolist() != list(range(20))  # drawn at random, not the first ones
+
+
+def test_augment_flips_and_shifts_each_image_on_its_own():
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28)
+    assert augment(x, "none") is x
+    flipped = augment(x, "flip")
+    same = [torch.equal(a, b) for a, b in zip(flipped, x)]
+    mirrored = [torch.equal(a, b.flip(2)) for a, b in zip(flipped, x)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 10 < sum(mirrored) < 54
+    shifted = augment(x, "flip-crop")
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    shifts = set()
+    for out, pad in zip(shifted, padded):
+        found = [(dy, dx, f) for f in (False, True) for dy in range(5) for dx in range(5)
+                 if torch.equal(out[0], (pad.flip(2) if f else pad)[0, dy : dy + 28, dx : dx + 28])]  # fmt: skip
+        assert found, "not a flip plus a shift of at most 2 pixels"
+        shifts.add(found[0][:2])
+    assert len(shifts) > 10  # shifts differ from image to image

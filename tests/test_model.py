@@ -95,3 +95,17 @@ def test_configurable_classes_channels_dropout():
     net = NiN(in_channels=3, num_classes=7, dropout=0.2)
     assert net(torch.zeros(2, 3, 96, 96)).shape == (2, 7)
     assert net[6].p == 0.2
+
+
+def test_nin_bn_is_a_nin_for_28x28_input():
+    from nin.model import build, nin_bn
+
+    net = nin_bn(width=16)
+    maps = net[:-2](torch.zeros(2, 1, 28, 28))
+    assert maps.shape == (2, 10, 3, 3)  # 28 -> 14 -> 7 -> 3, then the class maps
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 12 and all(c.bias is None for c in convs)  # BatchNorm's shift replaces the bias
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 12
+    assert [c.out_channels for c in convs[::3]] == [16, 32, 64, 10]
+    assert not any(isinstance(m, torch.nn.Linear) for m in net.modules())  # no fully connected layer
+    assert type(build("nin")) is type(net) and build("nin-bn", width=16).state_dict().keys() == net.state_dict().keys()

@@ -14,10 +14,13 @@ from nin.cli import main
 from nin.errors import NinError
 from nin.evaluate import evaluate
 
-# 10 steps per epoch, dropout on (its RNG state must survive the restart), a checkpoint every 2 steps
+# 10 steps per epoch, dropout and augmentation on (their RNG state must survive the restart), an lr
+# schedule (a function of the step), a validation split, a checkpoint every 2 steps
 RUN = ["--resize", "67", "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--momentum", "0.9",
        "--init", "kaiming", "--dropout", "0.5", "--train-limit", "640", "--test-limit", "200",
-       "--device", "cpu", "--precision", "fp32", "--checkpoint-every", "2"]  # fmt: skip
+       "--device", "cpu", "--precision", "fp32", "--checkpoint-every", "2", "--schedule", "onecycle",
+       "--warmup", "0.3", "--augment", "flip-crop", "--label-smoothing", "0.1", "--weight-decay", "5e-4",
+       "--val-split", "200"]  # fmt: skip
 
 
 def start(*args: str) -> subprocess.Popen:

@@ -9,7 +9,7 @@ from nin import train as train_module
 from nin.checkpoint import load_checkpoint, model_from_checkpoint
 from nin.config import Config
 from nin.errors import NinError
-from nin.train import evaluate_accuracy, train
+from nin.train import evaluate_accuracy, learning_rate, train
 from short_run import SHORT
 
 
@@ -107,3 +107,34 @@ def test_evaluate_accuracy_counts_correct_predictions():
     labels = torch.tensor([3, 3, 1, 3, 0])
     batches = Batches(torch.zeros(5, 28, 28, dtype=torch.uint8), labels, 2, 28, torch.device("cpu"))
     assert evaluate_accuracy(Fixed(), batches) == 3 / 5
+
+
+def test_onecycle_warms_up_then_decays_to_zero():
+    config = Config(lr=0.4, schedule="onecycle", warmup=0.25)
+    lrs = [learning_rate(config, step, 100) for step in range(100)]
+    assert lrs[0] == pytest.approx(0.4 / 25) and lrs[24] == pytest.approx(0.4) and max(lrs) == pytest.approx(0.4)
+    assert all(a < b for a, b in zip(lrs[:24], lrs[1:25])) and all(a > b for a, b in zip(lrs[25:], lrs[26:]))
+    assert lrs[-1] == pytest.approx(0.4 / 75)  # the last step still moves; the next would be 0
+    assert {learning_rate(Config(lr=0.4), step, 100) for step in range(100)} == {0.4}
+
+
+def test_nin_bn_with_the_new_ingredients_learns_and_reports_val_acc(tmp_path, capsys):
+    # the ingredients of the fast preset on 2,048 images of 28x28 and a small width: seconds on a CPU
+    config = Config(arch="nin-bn", width=16, resize=28, epochs=2, batch_size=64, lr=0.2, momentum=0.9,
+                    weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1, augment="flip-crop",
+                    init="kaiming", dropout=0.0, train_limit=2048, test_limit=1000, val_split=1000,
+                    device="cpu", precision="fp32")  # fmt: skip
+    history = train(config, tmp_path)
+    assert "2048 training / 1000 validation / 1000 test images at 28x28" in capsys.readouterr().out
+    assert [set(m) >= {"val_acc", "test_acc"} for m in history] == [True, True]
+    assert history[-1]["val_acc"] > 0.6 and history[-1]["test_acc"] > 0.6  # chance is 0.1
+    net, loaded = model_from_checkpoint(tmp_path)
+    assert loaded == config and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+def test_a_loss_explosion_stops_the_run_before_it_turns_nan(tmp_path, monkeypatch):
+    real = train_module.F.cross_entropy
+    monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 50)  # about 115 x batch
+    config = Config(**{**SHORT, "epochs": 1, "train_limit": 256, "test_limit": 100})
+    with pytest.raises(NinError, match=r"loss jumped to \d+\.\d \(chance level is 2.30\) at epoch 1, step 1"):
+        train(config, tmp_path)

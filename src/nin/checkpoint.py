@@ -12,7 +12,7 @@ import torch
 from nin.config import Config, from_dict
 from nin.errors import NinError
 from nin.io import atomic_torch_save
-from nin.model import NiN
+from nin.model import NiN, build
 
 FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
 CHECKPOINT = "checkpoint.pt"
@@ -113,9 +113,9 @@ def model_from_checkpoint(path: Path) -> tuple[NiN, Config]:
     """The trained network (in eval mode, on the CPU) and the config it was trained with."""
     state = load_checkpoint(path)
     config = from_dict(state["config"], source=str(path))
-    net = NiN(dropout=config.dropout)
+    net = build(config.arch, config.dropout, config.width)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise NinError(f"{path}: weights do not fit the NiN model ({str(e).splitlines()[0]})") from None
+        raise NinError(f"{path}: weights do not fit the {config.arch} model ({str(e).splitlines()[0]})") from None
     return net.eval(), config

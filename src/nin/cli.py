@@ -1,4 +1,4 @@
-"""The `nin` command: summary, train, evaluate, predict, cam, compare, report. A thin layer over the library."""
+"""The `nin` command: summary, train, sweep, evaluate, predict, cam, compare, report. A thin layer over the library."""
 
 from __future__ import annotations
 
@@ -24,23 +24,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     commands.add_parser = partial(commands.add_parser, allow_abbrev=False)  # --epoch must not mean --epochs
 
     p = commands.add_parser("summary", help="layers, output shapes, parameters and MACs")
-    p.add_argument("--resize", type=int, default=224, help="input side length (default 224)")
+    p.add_argument("--preset", help="the network of a preset, at its resize (default: the seed's NiN)")
+    p.add_argument("--resize", type=int, help="input side length (default: the preset's, else 224)")
 
     p = commands.add_parser(
         "train",
         help="train NiN on Fashion-MNIST",
         description="Settings come from the preset (or config file), then from the flags.",
     )
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", help=f"a bundled recipe: {', '.join(presets())} (default {DEFAULT_PRESET})")
-    source.add_argument("--config", type=Path, help="a TOML or JSON config file (e.g. a run's config.json)")
-    for name, field in FIELDS.items():
-        kind = {"int": int, "float": float, "str": str}[field.type]
-        choices = field.metadata["choices"] or None
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, help=field.metadata["help"])
+    _add_config_flags(p)
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
     p.add_argument("--force", action="store_true", help="reuse a non-empty --out, overwriting its files")
+    _add_data_dir(p)
+
+    p = commands.add_parser(
+        "sweep",
+        help="train one recipe with seeds 0..N-1: how reliably does it converge?",
+        description="Settings as for train. Prints each seed's test accuracy, then min/median/max and the "
+        "number of failed runs (diverged, or test accuracy under 0.5); writes sweep.json to --out.",
+    )
+    _add_config_flags(p)
+    p.add_argument("--seeds", type=int, default=20, help="how many seeds, from 0 (default 20)")
+    p.add_argument("--out", type=Path, help="directory for the runs and sweep.json (default runs/sweep-<preset>-...)")
     _add_data_dir(p)
 
     p = commands.add_parser("evaluate", help="test accuracy, per-class accuracy and a confusion matrix PNG")
@@ -102,6 +108,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", help=f"a bundled recipe: {', '.join(presets())} (default {DEFAULT_PRESET})")
+    source.add_argument("--config", type=Path, help="a TOML or JSON config file (e.g. a run's config.json)")
+    for name, field in FIELDS.items():
+        kind = {"int": int, "float": float, "str": str}[field.type]
+        choices = field.metadata["choices"] or None
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, help=field.metadata["help"])
+
+
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
-                    "compare": compare, "report": report}  # fmt: skip
+                    "compare": compare, "report": report, "sweep": sweep}  # fmt: skip
         return commands[args.command](args)
     except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
@@ -125,17 +141,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(args: argparse.Namespace) -> int:
-    from nin.model import NiN, check_resize, layer_summary
+    from nin.model import build, check_resize, layer_summary
 
-    net = NiN()
-    check_resize(net, args.resize)
-    rows = layer_summary(net, args.resize)
+    config = load_preset(args.preset) if args.preset else Config()
+    size = args.resize or config.resize
+    net = build(config.arch, config.dropout, config.width)
+    check_resize(net, size)
+    rows = layer_summary(net, size)
     print(f"{'layer':<22}{'output shape':<20}{'params':>12}{'MACs':>15}")
     for r in rows:
         print(f"{r['name']:<22}{str(r['output_shape']):<20}{r['params']:>12,}{r['macs']:>15,}")
     params, macs = sum(r["params"] for r in rows), sum(r["macs"] for r in rows)
     print(f"{'total':<42}{params:>12,}{macs:>15,}")
-    print(f"{params:,} parameters, {macs / 1e9:.3f} GMAC per {args.resize}x{args.resize} image")
+    print(f"{params:,} parameters, {macs / 1e9:.3f} GMAC per {size}x{size} image")
     return 0
 
 
@@ -163,7 +181,22 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_run(args: argparse.Namespace) -> tuple[Config, Path]:
+def sweep(args: argparse.Namespace) -> int:
+    from nin.sweep import sweep as run_sweep
+
+    config, out = _new_run(args, prefix="sweep-")
+    if out.exists() and any(out.iterdir()):
+        raise NinError(f"{out} already exists and is not empty; choose another --out")
+    result = run_sweep(config, args.seeds, out, args.data_dir)
+    if "median" in result:
+        print(f"test accuracy over {args.seeds} seeds: min {result['min']:.4f}, median {result['median']:.4f}, "
+              f"max {result['max']:.4f}")  # fmt: skip
+    print(f"failed runs: {result['failed']} of {args.seeds} (diverged, or test accuracy under "
+          f"{result['failed_below']}); {out / 'sweep.json'}")  # fmt: skip
+    return 0
+
+
+def _new_run(args: argparse.Namespace, prefix: str = "") -> tuple[Config, Path]:
     """The config (preset or file, then flags) and run directory of a new run."""
     if args.config:
         config, name = load_config(args.config), args.config.stem
@@ -174,7 +207,7 @@ def _new_run(args: argparse.Namespace) -> tuple[Config, Path]:
     config = Config(**{**config.to_dict(), **overrides})
     print(f"{'config ' + str(args.config) if args.config else 'preset ' + name}: "
           + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))  # fmt: skip
-    return config, args.out or _new_run_dir(name)
+    return config, args.out or _new_run_dir(prefix + name)
 
 
 def _resumed_config(args: argparse.Namespace) -> Config:

@@ -28,7 +28,7 @@ from nin.io import atomic_write_text
 from nin.model import NiN, init_kaiming, init_weights, layer_summary, min_resize
 from nin.plots import plot_compare
 from nin.runtime import Runtime, setup, sync
-from nin.train import CHANCE_LOSS, evaluate_accuracy
+from nin.train import CHANCE_LOSS, EXPLODED, evaluate_accuracy
 
 
 def nin_fc_head(resize: int) -> nn.Sequential:
@@ -153,8 +153,8 @@ def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[
             optimizer.step()
             sync(rt.device)
             seconds += time.perf_counter() - t
-            if not math.isfinite(value := loss.item()):
-                print(f"  diverged: the loss became {value} after {seen} images", file=sys.stderr)
+            if not math.isfinite(value := loss.item()) or value > EXPLODED:  # as the trainer judges it
+                print(f"  diverged: the loss reached {value} after {seen} images", file=sys.stderr)
                 return seconds, value, "diverged"
             if seen + len(y) > tail_from:
                 tail_loss, tail_seen = tail_loss + value * len(y), tail_seen + len(y)

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nin.errors import NinError
-from nin.model import INITS
+from nin.model import ARCHS, INITS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("constant", "onecycle")
+AUGMENTS = ("none", "flip", "flip-crop")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -24,12 +26,23 @@ def _field(default: object, help: str, choices: tuple[str, ...] = ()) -> datacla
 class Config:
     """A training run. The defaults are the seed notebook's recipe (d2l `train_ch6`)."""
 
+    arch: str = _field("nin", "network: nin (the seed's) or nin-bn (for 28x28 input, with BatchNorm)", ARCHS)
+    width: int = _field(64, "nin-bn only: channels of its first block, doubled in each next one (default 64)")
     resize: int = _field(224, "side length the 28x28 images are resized to, bilinearly (d2l: 224)")
     dropout: float = _field(0.5, "dropout probability before the last mlpconv block (d2l: 0.5)")
     epochs: int = _field(5, "passes over the training data (d2l: 5)")
     batch_size: int = _field(256, "examples per SGD step (d2l: 256)")
     lr: float = _field(0.05, "SGD learning rate (d2l: 0.05)")
     momentum: float = _field(0.0, "SGD momentum (d2l: 0, plain SGD)")
+    weight_decay: float = _field(0.0, "SGD weight decay, on every parameter (d2l: 0)")
+    schedule: str = _field(
+        "constant", "learning rate: constant (d2l), or onecycle: linear warmup to lr, then linear decay to 0", SCHEDULES
+    )
+    warmup: float = _field(0.0, "onecycle: the share of all steps spent warming up (default 0)")
+    label_smoothing: float = _field(0.0, "cross-entropy label smoothing (d2l: 0)")
+    augment: str = _field(
+        "none", "training images: none (d2l), flip (random horizontal flip), flip-crop (and shift up to 2 px)", AUGMENTS
+    )
     init: str = _field("xavier", "weight init (d2l: xavier); kaiming suits ReLU networks", tuple(INITS))
     seed: int = _field(0, "seeds the initialisation, dropout and the data order (default 0)")
     device: str = _field("auto", "auto picks cuda, then mps, then cpu (default auto)", DEVICES)
@@ -39,6 +52,7 @@ class Config:
     checkpoint_every: int = _field(0, "also write a checkpoint every N steps (default 0: after each epoch only)")
     train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
     test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")
+    val_split: int = _field(0, "hold out N training images (the same N for every seed) as a validation set")
 
     def __post_init__(self) -> None:
         for name in ("resize", "epochs", "batch_size"):
@@ -52,6 +66,16 @@ class Config:
             raise NinError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0 <= self.seed < 2**32:
             raise NinError(f"seed must be in [0, 2**32), got {self.seed}")
+        if not 0 <= self.warmup <= 1:
+            raise NinError(f"warmup must be a share of the steps in [0, 1], got {self.warmup}")
+        if not 0 <= self.label_smoothing < 1:
+            raise NinError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.val_split < 60_000:
+            raise NinError(f"val_split must be in [0, 60000): the training set has 60,000 images, got {self.val_split}")
+        if self.weight_decay < 0:
+            raise NinError(f"weight_decay must be 0 or positive, got {self.weight_decay}")
+        if self.width < 1:
+            raise NinError(f"width must be at least 1, got {self.width}")
         for name in ("train_limit", "test_limit", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise NinError(f"{name} must be 0 (off/all) or positive, got {getattr(self, name)}")

@@ -173,6 +173,37 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.div_(255)
 
 
+VAL_SEED = 20_141_312  # fixes the validation split: the same images for every --seed (NiN's arXiv number)
+
+
+def split(
+    images: torch.Tensor, labels: torch.Tensor, n: int
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """(training, validation): `n` images drawn at random with a fixed seed are held out for validation."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(VAL_SEED))
+    keep, held = order[n:].sort().values, order[:n].sort().values
+    return (images[keep], labels[keep]), (images[held], labels[held])
+
+
+def augment(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """A batch with each image flipped left-right with probability 1/2 (`flip`), and also shifted by
+    up to 2 pixels each way with black filling in (`flip-crop`, the padded random crop of CIFAR
+    training); `none` returns it as it is. Drawn on the batch's device from torch's global RNG, which
+    checkpoints hold, so a resumed run draws the same."""
+    if kind == "none":
+        return x
+    b, _, h, w = x.shape
+    x = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+    if kind == "flip-crop":
+        pad = 2
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy, dx = torch.randint(0, 2 * pad + 1, (2, b, 1), device=x.device)
+        rows, cols = torch.arange(h, device=x.device) + dy, torch.arange(w, device=x.device) + dx
+        x = padded[torch.arange(b, device=x.device)[:, None, None], 0, rows[:, :, None], cols[:, None, :]]
+        x = x.unsqueeze(1)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class Batches:
     """Minibatches of (float images resized to `size`, labels) drawn from uint8 tensors.
 

@@ -14,14 +14,17 @@ from torch import nn
 from nin.errors import NinError
 
 __all__ = [
+    "ARCHS",
     "INITS",
     "NiN",
+    "build",
     "check_resize",
     "feature_sizes",
     "init_kaiming",
     "init_weights",
     "layer_summary",
     "min_resize",
+    "nin_bn",
     "nin_block",
 ]
 
@@ -34,15 +37,20 @@ def nin_block(
     padding: int,
     mlp_layers: int = 2,
     mlp_kernel: int = 1,
+    batch_norm: bool = False,
 ) -> nn.Sequential:
     """An mlpconv block: a k x k convolution, then two 1x1 convolutions (an MLP per pixel).
 
     `mlp_layers` and `mlp_kernel` exist for d2l's exercises (one or three 1x1 convolutions; 3x3 instead
-    of 1x1, padded to keep the size); the defaults are the seed's block.
+    of 1x1, padded to keep the size); `batch_norm` puts BatchNorm between each convolution (then
+    without bias: BatchNorm's shift replaces it) and its ReLU. The defaults are the seed's block.
     """
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, strides, padding), nn.ReLU()]
-    for _ in range(mlp_layers):
-        layers += [nn.Conv2d(out_channels, out_channels, mlp_kernel, padding=mlp_kernel // 2), nn.ReLU()]
+    layers: list[nn.Module] = []
+    convs = [(in_channels, kernel_size, strides, padding)]
+    convs += [(out_channels, mlp_kernel, 1, mlp_kernel // 2)] * mlp_layers
+    for channels, k, s, p in convs:
+        layers.append(nn.Conv2d(channels, out_channels, k, s, p, bias=not batch_norm))
+        layers += [nn.BatchNorm2d(out_channels), nn.ReLU()] if batch_norm else [nn.ReLU()]
     return nn.Sequential(*layers)
 
 
@@ -58,8 +66,8 @@ BLOCKS = (
 class NiN(nn.Sequential):
     """d2l's NiN for `in_channels` x 224 x 224 input: 1,992,166 parameters, 0.762 GMAC at 224.
 
-    `mlp_layers` and `mlp_kernel` change every block for d2l's exercises (see `nin_block`).
-
+    The other arguments make the rest of the NiN family: `mlp_layers` and `mlp_kernel` change every
+    block for d2l's exercises (see `nin_block`); `blocks`, `pool` and `batch_norm` make `nin_bn`.
     Shapes for a (1, 1, 224, 224) input are given after each layer.
     """
 
@@ -70,14 +78,17 @@ class NiN(nn.Sequential):
         dropout: float = 0.5,
         mlp_layers: int = 2,
         mlp_kernel: int = 1,
+        blocks: tuple[tuple[int, int, int, int], ...] = BLOCKS,
+        pool: int = 3,
+        batch_norm: bool = False,
     ):
         layers: list[nn.Module] = []
         channels = in_channels
-        mlp = dict(mlp_layers=mlp_layers, mlp_kernel=mlp_kernel)
-        for out_channels, kernel_size, stride, padding in BLOCKS:
+        mlp = dict(mlp_layers=mlp_layers, mlp_kernel=mlp_kernel, batch_norm=batch_norm)
+        for out_channels, kernel_size, stride, padding in blocks:
             layers += [
                 nin_block(channels, out_channels, kernel_size, stride, padding, **mlp),
-                nn.MaxPool2d(kernel_size=3, stride=2),
+                nn.MaxPool2d(kernel_size=pool, stride=2),
             ]
             channels = out_channels
         super().__init__(
@@ -96,6 +107,23 @@ class NiN(nn.Sequential):
         return super().__getitem__(idx)
 
 
+def nin_bn(width: int = 64, dropout: float = 0.5) -> NiN:
+    """A NiN for the 28x28 images themselves (the fast and best presets): three mlpconv blocks of a
+    3x3 convolution and two 1x1 convolutions, `width`, 2 x `width` and 4 x `width` channels wide,
+    each with BatchNorm and followed by a 2x2 max-pool (28 -> 14 -> 7 -> 3), then the class-map block
+    and global average pooling, as in NiN: no fully connected layer."""
+    blocks = ((width, 3, 1, 1), (2 * width, 3, 1, 1), (4 * width, 3, 1, 1))
+    return NiN(dropout=dropout, blocks=blocks, pool=2, batch_norm=True)
+
+
+ARCHS = ("nin", "nin-bn")
+
+
+def build(arch: str = "nin", dropout: float = 0.5, width: int = 64) -> NiN:
+    """The network a config names: `nin` is the seed's (`width` unused), `nin-bn` is `nin_bn`."""
+    return NiN(dropout=dropout) if arch == "nin" else nin_bn(width, dropout)
+
+
 def init_weights(module: nn.Module) -> None:
     """d2l's `init_weights`: Xavier-uniform weights for Linear/Conv2d; biases keep PyTorch's default."""
     if type(module) in (nn.Linear, nn.Conv2d):
@@ -107,7 +135,8 @@ def init_kaiming(module: nn.Module) -> None:
     where Xavier halves it at every ReLU, so NiN starts learning at once instead of sitting at ln(10)."""
     if type(module) in (nn.Linear, nn.Conv2d):
         nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:  # none before BatchNorm
+            nn.init.zeros_(module.bias)
 
 
 INITS = {"xavier": init_weights, "kaiming": init_kaiming}
@@ -143,7 +172,7 @@ def check_resize(net: nn.Module, resize: int) -> None:
     """Refuse input sizes the network cannot take (too small) or that make no sense (too large)."""
     if resize < (smallest := min_resize(net)):
         raise NinError(
-            f"resize {resize} is too small for NiN: after its three 3x3/2 max-pools nothing would be "
+            f"resize {resize} is too small for this network: after its max-pools nothing would be "
             f"left; the smallest input it accepts is {smallest}x{smallest}"
         )
     if resize > MAX_RESIZE:

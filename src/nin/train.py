@@ -28,14 +28,15 @@ from tqdm import tqdm
 
 from nin.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from nin.config import Config
-from nin.data import Batches, load_fashion_mnist
+from nin.data import Batches, augment, load_fashion_mnist, split
 from nin.errors import NinError
 from nin.io import atomic_write_text
-from nin.model import INITS, NiN, check_resize
+from nin.model import INITS, NiN, build, check_resize
 from nin.plots import plot_curves
 from nin.runtime import Runtime, setup, sync
 
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
+EXPLODED = 10 * CHANCE_LOSS  # a batch this far below chance is not learning but blowing up
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", CHECKPOINT, "confusion_matrix.png", "cam.png", "report.html")
 
 
@@ -85,7 +86,7 @@ def evaluate_accuracy(net: nn.Module, batches: Batches, rt: Runtime | None = Non
 def init_model(config: Config) -> NiN:
     """The network with its initial weights, drawn from `config.seed` (the same on every rank)."""
     torch.manual_seed(config.seed)
-    net = NiN(dropout=config.dropout)
+    net = build(config.arch, config.dropout, config.width)
     check_resize(net, config.resize)
     return net.apply(INITS[config.init])
 
@@ -97,7 +98,9 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
         raise NinError(f"--batch-size {config.batch_size} (the global batch) does not divide among "
                        f"{rt.world_size} processes; use a multiple of {rt.world_size}")  # fmt: skip
     net = init_model(config).to(rt.device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     position = {"epoch": 0, "step": 0, "sums": [0.0, 0, 0, 0.0], "metrics": []}
     if resume:
         position = _restore(out_dir / CHECKPOINT, net, optimizer, rt)
@@ -106,6 +109,8 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
 
     train_x, train_y = load_fashion_mnist("train", data_dir)
     test_x, test_y = load_fashion_mnist("test", data_dir)
+    if config.val_split:
+        (train_x, train_y), (val_x, val_y) = split(train_x, train_y, config.val_split)
     if config.train_limit:
         train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
     if config.test_limit:
@@ -113,6 +118,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
     shard = dict(device=rt.device, rank=rt.rank, world_size=rt.world_size)
     train_iter = Batches(train_x, train_y, config.batch_size, config.resize, shuffle=True, seed=config.seed, **shard)
     test_iter = Batches(test_x, test_y, config.batch_size, config.resize, **shard)
+    val_iter = Batches(val_x, val_y, config.batch_size, config.resize, **shard) if config.val_split else None
 
     log = print if rt.is_main else lambda *a, **k: None
     if rt.is_main:
@@ -120,7 +126,8 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
         atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log(f"training on {rt.device}" + (f" x {rt.world_size} processes" if rt.world_size > 1 else ""))
     log(
-        f"{len(train_y)} training / {len(test_y)} test images at {config.resize}x{config.resize}, "
+        f"{len(train_y)} training / {f'{config.val_split} validation / ' if val_iter else ''}{len(test_y)} test "
+        f"images at {config.resize}x{config.resize}, "
         f"{'bf16 autocast' if rt.dtype else 'fp32'}, run directory {out_dir}"
     )
     if position["epoch"] or position["step"]:
@@ -139,12 +146,14 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
                 model, net, optimizer, train_iter, epoch, first_step, sums, config, out_dir, rt, stop, history
             )
             train_loss, train_acc = loss_sum / seen, correct / seen
+            val = {"val_acc": evaluate_accuracy(net, val_iter, rt)} if val_iter else {}
             test_acc = evaluate_accuracy(net, test_iter, rt)
             history.append(
                 {
                     "epoch": epoch + 1,
                     "train_loss": train_loss,
                     "train_acc": train_acc,
+                    **val,
                     "test_acc": test_acc,
                     "examples_per_sec": seen / seconds,  # d2l's count: training steps only
                     "epoch_seconds": time.perf_counter() - epoch_start,  # wall time, data and evaluation included
@@ -152,13 +161,15 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
             )
             log(
                 f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f}, train acc {train_acc:.3f}, "
-                f"test acc {test_acc:.3f}, {seen / seconds:.1f} examples/sec, {history[-1]['epoch_seconds']:.1f} s"
+                + (f"val acc {val['val_acc']:.3f}, " if val else "")
+                + f"test acc {test_acc:.3f}, {seen / seconds:.1f} examples/sec, {history[-1]['epoch_seconds']:.1f} s"
             )
             if abs(train_loss - CHANCE_LOSS) < 0.02 and train_acc < 0.15:
                 log(
                     f"warning: the training loss stayed at ln(10) = {CHANCE_LOSS:.3f}, chance level, for the whole "
                     "epoch (d2l's known NiN failure: its ReLUs died, or it has not started learning yet). If the "
-                    "next epoch is the same, stop and retry with another --seed or a lower --lr.",
+                    "next epoch is the same, stop and retry with another --seed, a lower --lr or --init kaiming "
+                    "(the fast and best presets, with BatchNorm, have not shown it).",
                     file=sys.stderr,
                 )
             _checkpoint(out_dir, net, optimizer, epoch + 1, 0, [0.0, 0, 0, 0.0], config, history, rt)
@@ -209,11 +220,14 @@ def _train_epoch(
     with bar:
         for step, (x, y) in enumerate(batches.epoch(epoch, first_step), start=first_step):
             t = time.perf_counter()
+            for group in optimizer.param_groups:  # a function of the step alone: nothing to checkpoint
+                group["lr"] = learning_rate(config, epoch * len(batches) + step, config.epochs * len(batches))
+            x = augment(x, config.augment)
             with torch.autocast(rt.device.type, rt.dtype, enabled=rt.dtype is not None):
                 y_hat = model(x)
             # the mean over the global batch: each rank's sum, scaled so that DDP's average over ranks
             # is the mean over all examples (with one process, exactly d2l's mean cross-entropy)
-            losses = F.cross_entropy(y_hat.float(), y, reduction="sum")
+            losses = F.cross_entropy(y_hat.float(), y, reduction="sum", label_smoothing=config.label_smoothing)
             loss = losses / (batches.global_batch_len(step) / rt.world_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -225,8 +239,9 @@ def _train_epoch(
             seconds += time.perf_counter() - t
             seen += len(y)
             # every rank must agree to stop at the same step: one tiny all-reduce of both flags
-            nonfinite, stopping = rt.all_sum(float(not torch.isfinite(loss)), float(stop.signum > 0))
-            if nonfinite:
+            blown = not torch.isfinite(loss) or loss > EXPLODED
+            diverged, stopping = rt.all_sum(float(blown), float(stop.signum > 0))
+            if diverged:
                 _diverged(loss.item(), epoch, step, config, out_dir)
             bar.update(1)
             if step % 10 == 0:
@@ -294,7 +309,20 @@ def _diverged(loss: float, epoch: int, step: int, config: Config, out_dir: Path)
         if (out_dir / CHECKPOINT).exists()
         else "no checkpoint had been written yet"
     )
+    what = f"became {loss}" if not math.isfinite(loss) else f"jumped to {loss:.1f} (chance level is {CHANCE_LOSS:.2f})"
     raise NinError(
-        f"training diverged: the loss became {loss} at epoch {epoch + 1}, step {step + 1}; {kept}. "
-        f"Try a lower learning rate, e.g. --lr {config.lr / 2:g}."
+        f"training diverged: the loss {what} at epoch {epoch + 1}, step {step + 1}; {kept}. "
+        f"Try a lower learning rate, e.g. --lr {config.lr / 2:g}"
+        + (", or a longer --warmup." if config.schedule == "onecycle" else ".")
     )
+
+
+def learning_rate(config: Config, step: int, steps: int) -> float:
+    """The learning rate of global step `step` (from 0) of `steps`: constant, or onecycle (linear
+    warmup over the first `warmup` share of the steps, then linear decay to 0 at the last step)."""
+    if config.schedule == "constant":
+        return config.lr
+    warm = config.warmup * steps
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    return config.lr * (steps - step) / max(steps - warm, 1)

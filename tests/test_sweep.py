@@ -1,0 +1,32 @@
+"""`nin sweep`: the same recipe over seeds 0..N-1, with the distribution and the failures counted."""
+
+import json
+
+from nin.cli import main
+
+TINY = ["--arch", "nin-bn", "--width", "8", "--resize", "28", "--epochs", "1", "--batch-size", "64",
+        "--momentum", "0.9", "--init", "kaiming", "--dropout", "0", "--train-limit", "1024", "--test-limit", "200",
+        "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+
+
+def test_sweep_prints_the_distribution_and_writes_every_run(tmp_path, capsys):
+    assert main(["sweep", *TINY, "--lr", "0.1", "--seeds", "3", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    accs = [r["test_acc"] for r in result["runs"]]
+    assert [r["seed"] for r in result["runs"]] == [0, 1, 2] and len(set(accs)) > 1  # the seed matters
+    assert result["min"] == min(accs) and result["max"] == max(accs) and result["median"] == sorted(accs)[1]
+    assert f"min {min(accs):.4f}, median {sorted(accs)[1]:.4f}, max {max(accs):.4f}" in out
+    assert f"failed runs: {sum(a < 0.5 for a in accs)} of 3" in out
+    for seed in range(3):
+        config = json.loads((tmp_path / "s" / f"seed-{seed}" / "config.json").read_text())
+        assert config["seed"] == seed and config["arch"] == "nin-bn"
+
+
+def test_diverging_runs_are_counted_not_fatal(tmp_path, capsys):
+    assert main(["sweep", *TINY, "--lr", "1e4", "--seeds", "2", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1: diverged" in out and "failed runs: 2 of 2" in out and "median" not in out
+    assert [r["status"] for r in json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]] == ["diverged"] * 2
+    assert main(["sweep", *TINY, "--seeds", "2", "--out", str(tmp_path / "s")]) == 2  # never mixed with old runs
+    assert "already exists" in capsys.readouterr().err
