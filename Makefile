@@ -15,7 +15,7 @@ $(VENV)/installed: pyproject.toml Makefile
 	touch $@
 
 train: $(VENV)/installed
-	$(BIN)/nin train --preset quick
+	$(BIN)/nin train --preset fast
 
 test: $(VENV)/installed
 	$(BIN)/ruff check src tests benchmarks

@@ -82,18 +82,18 @@ def test_out_that_is_a_file(tmp_path):
 
 
 def test_train_default_run_directory(tmp_path):
-    result = nin("train", "--epochs", "1", "--resize", "67", "--train-limit", "64", "--test-limit", "32",
-                 "--device", "cpu", cwd=tmp_path)  # fmt: skip
+    result = nin("train", "--epochs", "1", "--train-limit", "64", "--test-limit", "32", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "preset fast: arch=nin-bn" in result.stdout  # the default preset
     (run,) = (tmp_path / "runs").iterdir()
-    assert run.name.startswith("quick-") and (run / "metrics.jsonl").exists()
+    assert run.name.startswith("fast-") and (run / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize(
     "args, fragments",
     [
         (["train", "--preset", "fats"], ["unknown preset 'fats'", "choose from"]),
-        (["train", "--resize", "20"], ["too small", "67x67"]),
+        (["train", "--preset", "quick", "--resize", "20"], ["too small", "67x67"]),
         (["train", "--lr", "-1"], ["lr must be positive"]),
         (["train", "--config", "missing.toml"], ["cannot read config file"]),
         pytest.param(

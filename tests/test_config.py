@@ -15,7 +15,7 @@ def test_d2l_preset_is_the_seed_recipe():
 
 
 def test_every_preset_loads():
-    assert {"d2l", "quick"} <= set(presets())
+    assert {"d2l", "quick", "fast"} <= set(presets())
     for name in presets():
         assert isinstance(load_preset(name), Config)
 

@@ -14,7 +14,8 @@ from nin.train import init_model
 # the masks one process draws for the whole batch; everything else (data order, batch split, gradient
 # average) is exact. 160 images in batches of 96: per epoch a full batch split 48 + 48 and a last batch
 # of 64 split 32 + 32.
-RUN = ["--resize", "67", "--epochs", "2", "--batch-size", "96", "--lr", "0.01", "--momentum", "0",
+RUN = ["--preset", "quick", "--resize", "67",
+       "--epochs", "2", "--batch-size", "96", "--lr", "0.01", "--momentum", "0",
        "--init", "kaiming", "--dropout", "0", "--train-limit", "160", "--test-limit", "200",
        "--device", "cpu", "--precision", "fp32"]  # fmt: skip
 

@@ -16,7 +16,8 @@ from nin.evaluate import evaluate
 
 # 10 steps per epoch, dropout and augmentation on (their RNG state must survive the restart), an lr
 # schedule (a function of the step), a validation split, a checkpoint every 2 steps
-RUN = ["--resize", "67", "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--momentum", "0.9",
+RUN = ["--preset", "quick", "--resize", "67",
+       "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--momentum", "0.9",
        "--init", "kaiming", "--dropout", "0.5", "--train-limit", "640", "--test-limit", "200",
        "--device", "cpu", "--precision", "fp32", "--checkpoint-every", "2", "--schedule", "onecycle",
        "--warmup", "0.3", "--augment", "flip-crop", "--label-smoothing", "0.1", "--weight-decay", "5e-4",

@@ -13,7 +13,7 @@ from nin.compare import MODELS, Recipe
 from nin.config import DEVICES, FIELDS, PRECISIONS, Config, from_dict, load_config, load_preset, presets
 from nin.errors import NinError
 
-DEFAULT_PRESET = "quick"
+DEFAULT_PRESET = "fast"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
