@@ -109,6 +109,10 @@ def test_cli_real_models_then_report_shows_the_comparison(trained_run, tmp_path,
         (["--models", "lenet,resnet"], "unknown model(s) resnet; choose from lenet, alexnet"),
         (["--models", "alexnet", "--resize", "60"], "--resize 60 is too small for alexnet; it needs at least 65"),
         (["--budget", "0"], "--budget 0: give the number of training images"),
+        (["--batch-size", "-1"], "--batch-size must be at least 1"),
+        (["--lr", "-1"], "--lr must be positive"),
+        (["--test-limit", "-5"], "--test-limit must be 0 (all) or positive"),
+        (["--resize", "5000"], "--resize 5000 is larger than 1024"),
     ],
 )
 def test_bad_arguments_get_one_clear_error(args, message, tmp_path, capsys):

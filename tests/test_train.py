@@ -116,6 +116,10 @@ def test_onecycle_warms_up_then_decays_to_zero():
     assert all(a < b for a, b in zip(lrs[:24], lrs[1:25])) and all(a > b for a, b in zip(lrs[25:], lrs[26:]))
     assert lrs[-1] == pytest.approx(0.4 / 75)  # the last step still moves; the next would be 0
     assert {learning_rate(Config(lr=0.4), step, 100) for step in range(100)} == {0.4}
+    # a warmup that is not a whole number of steps still peaks at lr, never above it
+    for warmup, steps in ((0.3, 5), (0.2, 17), (0.35, 3)):
+        lrs = [learning_rate(Config(lr=0.4, schedule="onecycle", warmup=warmup), s, steps) for s in range(steps)]
+        assert max(lrs) == pytest.approx(0.4) and min(lrs) > 0
 
 
 def test_nin_bn_with_the_new_ingredients_learns_and_reports_val_acc(tmp_path, capsys):

@@ -183,11 +183,16 @@ def train(args: argparse.Namespace) -> int:
 
 def sweep(args: argparse.Namespace) -> int:
     from nin.sweep import sweep as run_sweep
+    from nin.train import Stopped
 
     config, out = _new_run(args, prefix="sweep-")
     if out.exists() and any(out.iterdir()):
         raise NinError(f"{out} already exists and is not empty; choose another --out")
-    result = run_sweep(config, args.seeds, out, args.data_dir)
+    try:
+        result = run_sweep(config, args.seeds, out, args.data_dir)
+    except Stopped as e:
+        print(f"nin: {e}", file=sys.stderr)
+        return 128 + e.signum
     if "median" in result:
         print(f"test accuracy over {args.seeds} seeds: min {result['min']:.4f}, median {result['median']:.4f}, "
               f"max {result['max']:.4f}")  # fmt: skip

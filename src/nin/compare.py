@@ -25,7 +25,7 @@ from nin.classic import alexnet, lenet, vgg11
 from nin.data import Batches, load_fashion_mnist
 from nin.errors import NinError
 from nin.io import atomic_write_text
-from nin.model import NiN, init_kaiming, init_weights, layer_summary, min_resize
+from nin.model import MAX_RESIZE, NiN, init_kaiming, init_weights, layer_summary, min_resize
 from nin.plots import plot_compare
 from nin.runtime import Runtime, setup, sync
 from nin.train import CHANCE_LOSS, EXPLODED, evaluate_accuracy
@@ -68,6 +68,18 @@ class Recipe:
     device: str = "auto"
     precision: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise NinError(f"--budget {self.budget}: give the number of training images per model, e.g. 30000")
+        if self.batch_size < 1:
+            raise NinError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0 or not 0 <= self.momentum < 1:
+            raise NinError(f"--lr must be positive and --momentum in [0, 1), got {self.lr} and {self.momentum}")
+        if self.test_limit < 0:
+            raise NinError(f"--test-limit must be 0 (all) or positive, got {self.test_limit}")
+        if self.resize > MAX_RESIZE:
+            raise NinError(f"--resize {self.resize} is larger than {MAX_RESIZE}; the images are only 28x28")
+
 
 def head_params(net: nn.Module) -> int:
     """Parameters after the last pooling stage: the dense layers of LeNet/AlexNet/VGG; NiN's last
@@ -86,9 +98,9 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
     for name in names:
         if recipe.resize < (smallest := min_resize(MODELS[name][1](max(recipe.resize, 224)))):
             raise NinError(f"--resize {recipe.resize} is too small for {name}; it needs at least {smallest}")
-    if recipe.budget < 1:
-        raise NinError(f"--budget {recipe.budget}: give the number of training images per model, e.g. 30000")
     rt = setup(recipe.device, recipe.precision)
+    if rt.world_size > 1:
+        raise NinError("nin compare runs in one process; start it with python -m nin or nin, not torchrun")
     train_x, train_y = load_fashion_mnist("train", data_dir)
     test_x, test_y = load_fashion_mnist("test", data_dir)
     if recipe.test_limit:
@@ -108,7 +120,7 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
         summary = layer_summary(net, recipe.resize)
         params = sum(p.numel() for p in net.parameters())
         net = net.to(rt.device, memory_format=torch.channels_last)
-        seconds, loss, status = fit(net, train_iter, recipe, rt)
+        images, seconds, loss, status = fit(net, train_iter, recipe, rt)
         start = time.perf_counter()
         acc = evaluate_accuracy(net, test_iter, rt)
         rows.append(
@@ -119,7 +131,7 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
                 "macs": sum(r["macs"] for r in summary),
                 "head_share": head_params(net) / params,
                 "train_seconds": seconds,
-                "examples_per_sec": recipe.budget / seconds,
+                "examples_per_sec": images / seconds,
                 "eval_seconds": time.perf_counter() - start,
                 "train_loss": loss,
                 "test_acc": acc,
@@ -135,9 +147,10 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
     return rows
 
 
-def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[float, float, str]:
-    """SGD on `recipe.budget` images (the seeded order, epoch after epoch); returns (step seconds,
-    mean loss over the last 10% of the images, status: ok, at chance level (loss ln 10), or diverged)."""
+def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[int, float, float, str]:
+    """SGD on `recipe.budget` images (the seeded order, epoch after epoch); returns (images trained on,
+    step seconds, mean loss over the last 10% of the images, status: ok, at chance level (loss ln 10),
+    or diverged (the trainer's test: NaN/inf, or above 10 x ln 10))."""
     optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     net.train()
     seen, seconds, tail_loss, tail_seen = 0, 0.0, 0.0, 0
@@ -155,13 +168,13 @@ def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[
             seconds += time.perf_counter() - t
             if not math.isfinite(value := loss.item()) or value > EXPLODED:  # as the trainer judges it
                 print(f"  diverged: the loss reached {value} after {seen} images", file=sys.stderr)
-                return seconds, value, "diverged"
+                return seen + len(y), seconds, value, "diverged"
             if seen + len(y) > tail_from:
                 tail_loss, tail_seen = tail_loss + value * len(y), tail_seen + len(y)
             seen += len(y)
             if seen >= recipe.budget:
                 loss = tail_loss / tail_seen
-                return seconds, loss, "at chance level" if abs(loss - CHANCE_LOSS) < 0.02 else "ok"
+                return seen, seconds, loss, "at chance level" if abs(loss - CHANCE_LOSS) < 0.02 else "ok"
     raise AssertionError("unreachable")
 
 

@@ -52,7 +52,7 @@ class Config:
     checkpoint_every: int = _field(0, "also write a checkpoint every N steps (default 0: after each epoch only)")
     train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
     test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")
-    val_split: int = _field(0, "hold out N training images (the same N for every seed) as a validation set")
+    val_split: int = _field(0, "hold out N training images (the same images for every seed) as a validation set")
 
     def __post_init__(self) -> None:
         for name in ("resize", "epochs", "batch_size"):

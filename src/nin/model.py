@@ -108,7 +108,7 @@ class NiN(nn.Sequential):
 
 
 def nin_bn(width: int = 64, dropout: float = 0.5) -> NiN:
-    """A NiN for the 28x28 images themselves (the fast and best presets): three mlpconv blocks of a
+    """A NiN for the 28x28 images themselves (the fast preset): three mlpconv blocks of a
     3x3 convolution and two 1x1 convolutions, `width`, 2 x `width` and 4 x `width` channels wide,
     each with BatchNorm and followed by a 2x2 max-pool (28 -> 14 -> 7 -> 3), then the class-map block
     and global average pooling, as in NiN: no fully connected layer."""

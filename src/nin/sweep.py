@@ -16,7 +16,7 @@ from pathlib import Path
 from nin.config import Config
 from nin.errors import NinError
 from nin.io import atomic_write_text
-from nin.train import train
+from nin.train import Diverged, train
 
 FAILED_BELOW = 0.5  # test accuracy under which a run counts as failed (chance is 0.1; d2l: 7 of 59 builds)
 
@@ -31,9 +31,7 @@ def sweep(config: Config, seeds: int, out_dir: Path, data_dir: Path | None = Non
         try:
             history = train(dataclasses.replace(config, seed=seed), out_dir / f"seed-{seed}", data_dir)
             acc, status = history[-1]["test_acc"], "ok" if history[-1]["test_acc"] >= FAILED_BELOW else "failed"
-        except NinError as e:  # divergence: the trainer stopped the run and says why
-            if not str(e).startswith("training diverged"):
-                raise
+        except Diverged:  # the trainer stopped the run and said why
             acc, status = None, "diverged"
         runs.append({"seed": seed, "test_acc": acc, "status": status, "seconds": time.perf_counter() - start})
         print(f"sweep: seed {seed}: {status}, test acc {acc if acc is None else f'{acc:.4f}'}", flush=True)

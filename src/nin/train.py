@@ -40,6 +40,10 @@ EXPLODED = 10 * CHANCE_LOSS  # a batch this far below chance is not learning but
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", CHECKPOINT, "confusion_matrix.png", "cam.png", "report.html")
 
 
+class Diverged(NinError):
+    """The loss became NaN/inf or exploded; the message says where and what to try."""
+
+
 class Stopped(Exception):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint; `signum` says which signal."""
 
@@ -169,7 +173,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
                     f"warning: the training loss stayed at ln(10) = {CHANCE_LOSS:.3f}, chance level, for the whole "
                     "epoch (d2l's known NiN failure: its ReLUs died, or it has not started learning yet). If the "
                     "next epoch is the same, stop and retry with another --seed, a lower --lr or --init kaiming "
-                    "(the fast and best presets, with BatchNorm, have not shown it).",
+                    "(the fast preset, with BatchNorm, has not shown it).",
                     file=sys.stderr,
                 )
             _checkpoint(out_dir, net, optimizer, epoch + 1, 0, [0.0, 0, 0, 0.0], config, history, rt)
@@ -310,7 +314,7 @@ def _diverged(loss: float, epoch: int, step: int, config: Config, out_dir: Path)
         else "no checkpoint had been written yet"
     )
     what = f"became {loss}" if not math.isfinite(loss) else f"jumped to {loss:.1f} (chance level is {CHANCE_LOSS:.2f})"
-    raise NinError(
+    raise Diverged(
         f"training diverged: the loss {what} at epoch {epoch + 1}, step {step + 1}; {kept}. "
         f"Try a lower learning rate, e.g. --lr {config.lr / 2:g}"
         + (", or a longer --warmup." if config.schedule == "onecycle" else ".")
@@ -319,10 +323,11 @@ def _diverged(loss: float, epoch: int, step: int, config: Config, out_dir: Path)
 
 def learning_rate(config: Config, step: int, steps: int) -> float:
     """The learning rate of global step `step` (from 0) of `steps`: constant, or onecycle (linear
-    warmup over the first `warmup` share of the steps, then linear decay to 0 at the last step)."""
+    warmup over the first `warmup` share of the steps, never above lr, then linear decay towards 0,
+    which the step after the last would reach)."""
     if config.schedule == "constant":
         return config.lr
     warm = config.warmup * steps
     if step < warm:
-        return config.lr * (step + 1) / warm
+        return config.lr * min(1.0, (step + 1) / warm)
     return config.lr * (steps - step) / max(steps - warm, 1)
