@@ -24,3 +24,13 @@ def test_bench_quick_prints_every_figure():
         (run,) = runs[loop]
         assert 0 < run["step_seconds"] < run["seconds"] and 0 <= run["test_acc"] <= 1 and run["rss_mb"] > 0
     assert figures["config"]["train_limit"] == 64 and figures["train_gflop_per_image"] > 0
+
+
+def test_steps_benchmark_prints_every_variant():
+    steps = Path(__file__).parents[1] / "benchmarks" / "steps.py"
+    result = subprocess.run([sys.executable, str(steps), "--widths", "4", "--steps", "2", "--repeats", "1",
+                             "--batch", "16"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("4", "on", "NHWC"), ("4", "on", "NCHW"), ("4", "off", "NHWC")]
+    assert all(float(r[3]) > 0 and r[5] == "/" for r in rows)
