@@ -1,9 +1,14 @@
-"""The benchmark's quick mode runs end to end and prints every figure (no timing is asserted)."""
+"""The benchmarks' quick modes run end to end and print every figure (no timing is asserted); the GPU
+script's chosen recipe is the best preset."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from nin.cli import get_args_parser
+from nin.config import FIELDS, Config, load_preset
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench.py"
 
@@ -34,3 +39,14 @@ def test_steps_benchmark_prints_every_variant():
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [("4", "on", "NHWC"), ("4", "on", "NCHW"), ("4", "off", "NHWC")]
     assert all(float(r[3]) > 0 and r[5] == "/" for r in rows)
+
+
+def test_best_preset_is_the_candidate_the_gpu_script_chose():
+    """benchmarks/gpu.sh trains its candidates as `nin train $best <candidate>` on top of the default
+    (fast) preset; the winner on validation, w128-erase-30, must be exactly what --preset best runs."""
+    script = (Path(__file__).parents[1] / "benchmarks" / "gpu.sh").read_text()
+    best = " ".join(re.findall(r'^best\+?="([^"]*)"', script, re.MULTILINE))
+    chosen = re.search(r'\[w128-erase-30\]="([^"]*)"', script).group(1)
+    args = get_args_parser().parse_args(["train", *best.split(), *chosen.split()])
+    overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}
+    assert Config(**{**load_preset("fast").to_dict(), **overrides}) == load_preset("best")

@@ -140,6 +140,8 @@ def test_evaluate_and_predict(trained_run, tmp_path):
     assert (tmp_path / "cm.png").exists()
     text = nin("evaluate", str(trained_run / "checkpoint.pt"), "--test-limit", "200", "--plot", str(tmp_path / "c.png"))
     assert "test accuracy" in text.stdout and "Ankle boot" in text.stdout
+    tta = nin("evaluate", str(trained_run), "--tta", "--test-limit", "200", "--plot", str(tmp_path / "t.png"))
+    assert "test accuracy with flip TTA" in tta.stdout
 
     images, _ = load_fashion_mnist("test")
     png = tmp_path / "boot.png"

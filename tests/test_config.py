@@ -15,13 +15,13 @@ def test_d2l_preset_is_the_seed_recipe():
 
 
 def test_every_preset_loads():
-    assert {"d2l", "quick", "fast"} <= set(presets())
+    assert {"d2l", "quick", "fast", "best"} <= set(presets())
     for name in presets():
         assert isinstance(load_preset(name), Config)
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(NinError, match="unknown preset 'fats'; choose from d2l"):
+    with pytest.raises(NinError, match="unknown preset 'fats'; choose from best, d2l, fast, quick"):
         load_preset("fats")
 
 
@@ -41,7 +41,7 @@ def test_config_file_round_trip(tmp_path):
         ("epochz = 3", "unknown setting.*epochz.*valid: arch, width, resize"),
         ("arch = 'resnet'", "arch must be one of nin, nin-bn"),
         ("schedule = 'cosine'", "schedule must be one of constant, onecycle"),
-        ("augment = 'mixup'", "augment must be one of none, flip, flip-crop"),
+        ("augment = 'mixup'", "augment must be one of none, flip, flip-crop, flip-crop-erase"),
         ("warmup = 1.5", "warmup must be a share of the steps"),
         ("label_smoothing = 1.0", "label_smoothing must be in"),
         ("val_split = 60000", "val_split must be in"),

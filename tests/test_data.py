@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from nin import data
-from nin.data import CLASS_NAMES, FILES, Batches, augment, load_fashion_mnist, resize, split
+from nin.data import CLASS_NAMES, FILES, Batches, augment, load_fashion_mnist, random_erase, resize, split
 from nin.errors import NinError
 
 
@@ -203,3 +203,21 @@ def test_augment_flips_and_shifts_each_image_on_its_own():
         assert found, "not a flip plus a shift of at most 2 pixels"
         shifts.add(found[0][:2])
     assert len(shifts) > 10  # shifts differ from image to image
+
+
+def test_random_erasing_replaces_one_rectangle_in_about_half_of_the_images():
+    torch.manual_seed(0)
+    x = torch.full((2000, 1, 28, 28), -1.0)  # noise is in [0, 1): every erased pixel shows
+    erased = random_erase(x) >= 0
+    hit = erased.flatten(1).any(dim=1)
+    assert 900 < hit.sum() < 1100  # p = 1/2
+    shares = []
+    for mask in erased[hit, 0]:
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        # one filled, axis-aligned rectangle
+        assert mask.sum() == len(rows) * len(cols)
+        assert rows[-1] - rows[0] + 1 == len(rows) and cols[-1] - cols[0] + 1 == len(cols)
+        shares.append(mask.float().mean().item())
+    assert 0.01 < min(shares) < 0.05 and 0.35 < max(shares) <= 0.45  # area 2% to 40% (rounded, clipped)
+    y = augment(torch.rand(64, 1, 28, 28), "flip-crop-erase")
+    assert y.shape == (64, 1, 28, 28) and y.is_contiguous(memory_format=torch.channels_last)

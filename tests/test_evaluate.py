@@ -7,7 +7,7 @@ from PIL import Image
 from nin.checkpoint import model_from_checkpoint
 from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
 from nin.errors import NinError
-from nin.evaluate import evaluate, load_image, predict
+from nin.evaluate import confusion_matrix, evaluate, load_image, predict
 from nin.train import evaluate_accuracy
 
 
@@ -27,6 +27,21 @@ def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
     assert torch.allclose(per_class, matrix.diag() / matrix.sum(dim=1))
     with Image.open(tmp_path / "cm.png") as img:
         assert img.format == "PNG"
+
+
+def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(trained_run, tmp_path):
+    net, config = model_from_checkpoint(trained_run)
+    images, labels = load_fashion_mnist("test")
+    batches = Batches(images[:500], labels[:500], 100, config.resize, torch.device("cpu"))
+    net.eval()
+    with torch.inference_mode():
+        x = torch.cat([x for x, _ in batches])
+        expected = (net(x).softmax(1) + net(x.flip(3)).softmax(1)).argmax(1)
+    matrix = confusion_matrix(net, batches, tta=True)
+    assert torch.equal(matrix, torch.bincount(labels[:500] * 10 + expected, minlength=100).reshape(10, 10))
+    assert not torch.equal(matrix, confusion_matrix(net, batches))  # the mirror images change some answers
+    result = evaluate(trained_run, device="cpu", test_limit=500, plot=tmp_path / "cm.png", tta=True)
+    assert result["tta"] and result["test_acc"] == pytest.approx(matrix.diag().sum().item() / 500, abs=1e-9)
 
 
 def test_predict_on_pngs_written_from_real_test_images(trained_run, tmp_path):

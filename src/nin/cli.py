@@ -57,6 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
+    p.add_argument(
+        "--tta", action="store_true", help="flip test-time augmentation: average over each image and its mirror"
+    )
     _add_data_dir(p)
 
     p = commands.add_parser("predict", help="top-3 classes for PNG/JPEG images")
@@ -241,11 +244,12 @@ def _new_run_dir(name: str) -> Path:
 def evaluate(args: argparse.Namespace) -> int:
     from nin.evaluate import evaluate as run_evaluation
 
-    result = run_evaluation(args.checkpoint, args.data_dir, args.device, args.test_limit, args.plot)
+    result = run_evaluation(args.checkpoint, args.data_dir, args.device, args.test_limit, args.plot, args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['checkpoint']}: test accuracy {result['test_acc']:.4f} on {result['examples']} images")
+    tta = " with flip TTA" if result["tta"] else ""
+    print(f"{result['checkpoint']}: test accuracy{tta} {result['test_acc']:.4f} on {result['examples']} images")
     for name, acc in result["per_class_acc"].items():
         print(f"  {name:<12} {acc:.4f}")
     print(f"confusion matrix: {result['confusion_png']}")

@@ -14,7 +14,7 @@ from nin.model import ARCHS, INITS
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("constant", "onecycle")
-AUGMENTS = ("none", "flip", "flip-crop")
+AUGMENTS = ("none", "flip", "flip-crop", "flip-crop-erase")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -41,7 +41,10 @@ class Config:
     warmup: float = _field(0.0, "onecycle: the share of all steps spent warming up (default 0)")
     label_smoothing: float = _field(0.0, "cross-entropy label smoothing (d2l: 0)")
     augment: str = _field(
-        "none", "training images: none (d2l), flip (random horizontal flip), flip-crop (and shift up to 2 px)", AUGMENTS
+        "none",
+        "training images: none (d2l), flip (random horizontal flip), flip-crop (and shift up to 2 px), "
+        "flip-crop-erase (and random erasing)",
+        AUGMENTS,
     )
     init: str = _field("xavier", "weight init (d2l: xavier); kaiming suits ReLU networks", tuple(INITS))
     seed: int = _field(0, "seeds the initialisation, dropout and the data order (default 0)")

@@ -188,20 +188,44 @@ def split(
 def augment(x: torch.Tensor, kind: str) -> torch.Tensor:
     """A batch with each image flipped left-right with probability 1/2 (`flip`), and also shifted by
     up to 2 pixels each way with black filling in (`flip-crop`, the padded random crop of CIFAR
-    training); `none` returns it as it is. Drawn on the batch's device from torch's global RNG, which
-    checkpoints hold, so a resumed run draws the same."""
+    training), and then also half of them with a random rectangle replaced by noise (`flip-crop-erase`:
+    random erasing); `none` returns it as it is. Drawn on the batch's device from torch's global RNG,
+    which checkpoints hold, so a resumed run draws the same."""
     if kind == "none":
         return x
     b, _, h, w = x.shape
     x = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
-    if kind == "flip-crop":
+    if kind in ("flip-crop", "flip-crop-erase"):
         pad = 2
         padded = F.pad(x, (pad, pad, pad, pad))
         dy, dx = torch.randint(0, 2 * pad + 1, (2, b, 1), device=x.device)
         rows, cols = torch.arange(h, device=x.device) + dy, torch.arange(w, device=x.device) + dx
         x = padded[torch.arange(b, device=x.device)[:, None, None], 0, rows[:, :, None], cols[:, None, :]]
         x = x.unsqueeze(1)
+    if kind == "flip-crop-erase":
+        x = random_erase(x)
     return x.contiguous(memory_format=torch.channels_last)
+
+
+def random_erase(x: torch.Tensor, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4),
+                 ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:  # fmt: skip
+    """Random erasing (Zhong et al., 2017), batched: with probability `p` an image gets one rectangle
+    of uniform noise, covering a random share `area` of it with aspect ratio (height / width) drawn
+    log-uniformly from `ratio`. A rectangle that would not fit is clipped to the image (the paper
+    draws again instead)."""
+    b, _, h, w = x.shape
+    u = torch.rand(5, b, device=x.device)
+    share = area[0] + (area[1] - area[0]) * u[0]
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
+    eh = (share * h * w * aspect).sqrt().round().clamp(1, h)
+    ew = (share * h * w / aspect).sqrt().round().clamp(1, w)
+    top, left = (u[2] * (h - eh + 1)).floor(), (u[3] * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    inside = ((rows >= top[:, None, None]) & (rows < (top + eh)[:, None, None])
+              & (cols >= left[:, None, None]) & (cols < (left + ew)[:, None, None]))  # fmt: skip
+    mask = (inside & (u[4] < p)[:, None, None]).unsqueeze(1)
+    return torch.where(mask, torch.rand_like(x), x)
 
 
 class Batches:

@@ -11,23 +11,29 @@ from nin.checkpoint import model_from_checkpoint, resolve
 from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
 from nin.errors import NinError
 from nin.plots import plot_confusion
-from nin.runtime import pick_device
+from nin.runtime import autocast_dtype, pick_device
 
 
-def confusion_matrix(net: torch.nn.Module, batches: Batches) -> torch.Tensor:
-    """(10, 10) counts: row = true class, column = predicted class."""
+def confusion_matrix(net: torch.nn.Module, batches: Batches, tta: bool = False) -> torch.Tensor:
+    """(10, 10) counts: row = true class, column = predicted class. With `tta` (flip test-time
+    augmentation) a prediction is the class of the mean probabilities of the image and its mirror image."""
     net.eval()
     n = len(CLASS_NAMES)
     matrix = torch.zeros(n * n, dtype=torch.long, device=batches.device)
     with torch.inference_mode():
         for x, y in batches:
-            matrix += torch.bincount(y * n + net(x).argmax(dim=1), minlength=n * n)
+            probs = net(x).softmax(dim=1)
+            if tta:
+                probs += net(x.flip(3)).softmax(dim=1)
+            matrix += torch.bincount(y * n + probs.argmax(dim=1), minlength=n * n)
     return matrix.reshape(n, n).cpu()
 
 
 def evaluate(path: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0,
-             plot: Path | None = None) -> dict:  # fmt: skip
-    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint (or run directory).
+             plot: Path | None = None, tta: bool = False) -> dict:  # fmt: skip
+    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint (or run directory),
+    with flip test-time augmentation if `tta`. It runs in the run's precision on this device (bf16
+    autocast where the run had `--precision auto` and the device computes bf16), as training measured.
 
     The confusion matrix is drawn to `plot`, by default confusion_matrix.png beside the checkpoint.
     """
@@ -40,11 +46,14 @@ def evaluate(path: Path, data_dir: Path | None = None, device: str = "auto", tes
     images, labels = load_fashion_mnist("test", data_dir)
     if test_limit:
         images, labels = images[:test_limit], labels[:test_limit]
-    matrix = confusion_matrix(net, Batches(images, labels, config.batch_size, config.resize, dev))
+    dtype = autocast_dtype(dev, config.precision)
+    with torch.autocast(dev.type, dtype, enabled=dtype is not None):
+        matrix = confusion_matrix(net, Batches(images, labels, config.batch_size, config.resize, dev), tta)
     per_class = matrix.diag() / matrix.sum(dim=1).clamp(min=1)
     result = {
         "checkpoint": str(checkpoint),
         "examples": len(labels),
+        "tta": tta,
         "test_acc": matrix.diag().sum().item() / len(labels),
         "per_class_acc": dict(zip(CLASS_NAMES, per_class.tolist())),
         "confusion_matrix": matrix.tolist(),
