@@ -12,6 +12,7 @@ from pathlib import Path
 from nin.compare import MODELS, Recipe
 from nin.config import DEVICES, FIELDS, PRECISIONS, Config, from_dict, load_config, load_preset, presets
 from nin.errors import NinError
+from nin.runtime import teardown
 
 DEFAULT_PRESET = "fast"
 
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nin: interrupted", file=sys.stderr)
         return 130
+    finally:
+        teardown()
 
 
 def summary(args: argparse.Namespace) -> int:

@@ -102,3 +102,10 @@ def setup(device_name: str, precision: str) -> Runtime:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(device, autocast_dtype(device, precision), rank, world_size)
+
+
+def teardown() -> None:
+    """Leave the process group, if this process joined one. Exiting without it can abort a gloo rank
+    at interpreter shutdown ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
