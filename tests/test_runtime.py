@@ -1,4 +1,6 @@
-"""Precision: bf16 autocast only where the hardware has it, and close to fp32 on real images."""
+"""Runtime: bf16 autocast only where the hardware has it (and close to fp32 on real images); glibc tuning."""
+
+import sys
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ from nin.checkpoint import model_from_checkpoint
 from nin.config import Config
 from nin.data import load_fashion_mnist, resize
 from nin.errors import NinError
-from nin.runtime import autocast_dtype
+from nin.runtime import autocast_dtype, keep_freed_memory
 from nin.train import train
 from short_run import SHORT
 
@@ -53,3 +55,9 @@ def test_training_in_bf16_runs_and_says_so(tmp_path, capsys):
     (metrics,) = train(config, tmp_path)
     assert torch.isfinite(torch.tensor(metrics["train_loss"])) and 0 <= metrics["test_acc"] <= 1
     assert "bf16 autocast" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_is_kept_on_glibc():
+    # glibc accepts both settings (mallopt returns 0 for a value it refuses, e.g. over its 32 MB cap)
+    assert keep_freed_memory() is True

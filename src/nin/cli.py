@@ -12,7 +12,7 @@ from pathlib import Path
 from nin.compare import MODELS, Recipe
 from nin.config import DEVICES, FIELDS, PRECISIONS, Config, from_dict, load_config, load_preset, presets
 from nin.errors import NinError
-from nin.runtime import teardown
+from nin.runtime import keep_freed_memory, teardown
 
 DEFAULT_PRESET = "fast"
 
@@ -132,6 +132,7 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
                     "compare": compare, "report": report, "sweep": sweep}  # fmt: skip

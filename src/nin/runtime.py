@@ -6,6 +6,7 @@ runs the same program on its shard of each batch, and DistributedDataParallel av
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in the process (glibc only; returns whether it applied).
+
+    A training step allocates its activations afresh and frees them after the backward pass. By
+    default glibc hands large freed blocks back to the kernel (mmap under 32 MB, and trimming the heap
+    top), so the next step page-faults the same memory back in, page by page. Here: blocks up to 32 MB
+    come from the heap and the heap is never trimmed. Measured on the fast preset (1 epoch, off and
+    on alternating, 3 runs each, 2-core CPU): 1,629 -> 1,732 training images/s (medians), process
+    46.7 -> 43.5 s. The CLI sets it (it owns the process); the library leaves the allocator alone.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 @dataclass(frozen=True)
