@@ -1,6 +1,6 @@
 """Runtime: bf16 autocast only where the hardware has it (and close to fp32 on real images); glibc tuning."""
 
-import sys
+import platform
 
 import pytest
 import torch
@@ -57,7 +57,7 @@ def test_training_in_bf16_runs_and_says_so(tmp_path, capsys):
     assert "bf16 autocast" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_freed_memory_is_kept_on_glibc():
     # glibc accepts both settings (mallopt returns 0 for a value it refuses, e.g. over its 32 MB cap)
     assert keep_freed_memory() is True
