@@ -67,11 +67,9 @@ def keep_freed_memory() -> bool:
     on alternating, 3 runs each, 2-core CPU): 1,629 -> 1,732 training images/s (medians), process
     46.7 -> 43.5 s. The CLI sets it (it owns the process); the library leaves the allocator alone.
     """
-    if not sys.platform.startswith("linux"):
-        return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (e.g. musl)
+    except OSError:  # not glibc (macOS, Windows, musl)
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
