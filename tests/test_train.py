@@ -9,7 +9,7 @@ from nin import train as train_module
 from nin.checkpoint import load_checkpoint, model_from_checkpoint
 from nin.config import Config
 from nin.errors import NinError
-from nin.train import evaluate_accuracy, learning_rate, train
+from nin.train import chance_plateau, evaluate_accuracy, learning_rate, train
 from short_run import SHORT
 
 
@@ -89,6 +89,14 @@ def test_stuck_at_chance_warns(tmp_path, capsys):
                        "train_limit": 256, "test_limit": 100})  # fmt: skip
     train(config, tmp_path)
     assert "stayed at ln(10) = 2.303" in capsys.readouterr().err
+
+
+def test_chance_plateau_tells_stuck_from_slow_start():
+    # the seed recipe's epochs on this CPU: epoch 1 stuck, epoch 2 still at ln(10) but learning
+    assert "warning: the training loss stayed at ln(10)" in chance_plateau(2.304, 0.101, 0.100)
+    assert "has started to learn" in chance_plateau(2.300, 0.127, 0.161)
+    assert chance_plateau(2.0, 0.3, 0.4) is None  # learning
+    assert chance_plateau(2.300, 0.2, 0.1) is None  # training accuracy says it learns
 
 
 def test_resize_too_small_is_refused_before_any_work(tmp_path):

@@ -168,14 +168,8 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
                 + (f"val acc {val['val_acc']:.3f}, " if val else "")
                 + f"test acc {test_acc:.3f}, {seen / seconds:.1f} examples/sec, {history[-1]['epoch_seconds']:.1f} s"
             )
-            if abs(train_loss - CHANCE_LOSS) < 0.02 and train_acc < 0.15:
-                log(
-                    f"warning: the training loss stayed at ln(10) = {CHANCE_LOSS:.3f}, chance level, for the whole "
-                    "epoch (d2l's known NiN failure: its ReLUs died, or it has not started learning yet). If the "
-                    "next epoch is the same, stop and retry with another --seed, a lower --lr or --init kaiming "
-                    "(the fast preset, with BatchNorm, has not shown it).",
-                    file=sys.stderr,
-                )
+            if plateau := chance_plateau(train_loss, train_acc, test_acc):
+                log(plateau, file=sys.stderr)
             _checkpoint(out_dir, net, optimizer, epoch + 1, 0, [0.0, 0, 0, 0.0], config, history, rt)
             if rt.is_main:  # after the checkpoint: metrics never run ahead of what a resume restores
                 atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
@@ -318,6 +312,26 @@ def _diverged(loss: float, epoch: int, step: int, config: Config, out_dir: Path)
         f"training diverged: the loss {what} at epoch {epoch + 1}, step {step + 1}; {kept}. "
         f"Try a lower learning rate, e.g. --lr {config.lr / 2:g}"
         + (", or a longer --warmup." if config.schedule == "onecycle" else ".")
+    )
+
+
+def chance_plateau(train_loss: float, train_acc: float, test_acc: float) -> str | None:
+    """What to say after an epoch whose mean training loss stayed at ln(10), chance level (None if it
+    did not): stuck if the test accuracy is at chance too; starting to learn if the test accuracy is
+    already above it (the seed's NiN can take epochs to leave the plateau; stopping it then is wrong)."""
+    if abs(train_loss - CHANCE_LOSS) >= 0.02 or train_acc >= 0.15:
+        return None
+    if test_acc >= 0.15:  # chance is 0.1; 0.15 is 16 standard deviations above it on the 10,000 test images
+        return (
+            f"note: the training loss is still near ln(10) = {CHANCE_LOSS:.3f}, chance level, but test accuracy "
+            f"{test_acc:.3f} is above chance (0.1): the network has started to learn. d2l's NiN can take "
+            "epochs to leave this plateau; let it run."
+        )
+    return (
+        f"warning: the training loss stayed at ln(10) = {CHANCE_LOSS:.3f}, chance level, for the whole epoch, "
+        "and test accuracy is at chance too (d2l's known NiN failure: its ReLUs died, or it has not started "
+        "learning yet). If the next epoch is the same, stop and retry with another --seed, a lower --lr or "
+        "--init kaiming (the fast preset, with BatchNorm, has not shown it)."
     )
 
 
