@@ -28,7 +28,7 @@ from nin.io import atomic_write_text
 from nin.model import MAX_RESIZE, NiN, init_kaiming, init_weights, layer_summary, min_resize
 from nin.plots import plot_compare
 from nin.runtime import Runtime, setup, sync
-from nin.train import CHANCE_LOSS, EXPLODED, evaluate_accuracy
+from nin.train import EXPLODED, at_chance, evaluate_accuracy
 
 
 def nin_fc_head(resize: int) -> nn.Sequential:
@@ -174,7 +174,7 @@ def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[
             seen += len(y)
             if seen >= recipe.budget:
                 loss = tail_loss / tail_seen
-                return seen, seconds, loss, "at chance level" if abs(loss - CHANCE_LOSS) < 0.02 else "ok"
+                return seen, seconds, loss, "at chance level" if at_chance(loss) else "ok"
     raise AssertionError("unreachable")
 
 

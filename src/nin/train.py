@@ -40,6 +40,11 @@ EXPLODED = 10 * CHANCE_LOSS  # a batch this far below chance is not learning but
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", CHECKPOINT, "confusion_matrix.png", "cam.png", "report.html")
 
 
+def at_chance(loss: float) -> bool:
+    """A mean cross-entropy within 0.02 of ln(10): the network still guesses uniformly."""
+    return abs(loss - CHANCE_LOSS) < 0.02
+
+
 class Diverged(NinError):
     """The loss became NaN/inf or exploded; the message says where and what to try."""
 
@@ -319,7 +324,7 @@ def chance_plateau(train_loss: float, train_acc: float, test_acc: float) -> str 
     """What to say after an epoch whose mean training loss stayed at ln(10), chance level (None if it
     did not): stuck if the test accuracy is at chance too; starting to learn if the test accuracy is
     already above it (the seed's NiN can take epochs to leave the plateau; stopping it then is wrong)."""
-    if abs(train_loss - CHANCE_LOSS) >= 0.02 or train_acc >= 0.15:
+    if not at_chance(train_loss) or train_acc >= 0.15:
         return None
     if test_acc >= 0.15:  # chance is 0.1; 0.15 is 16 standard deviations above it on the 10,000 test images
         return (
