@@ -56,6 +56,8 @@ def test_bad_requests(run_at_131, trained_run, tmp_path):
         cam(run_at_131, [tmp_path / "a.png"], test_samples=2)
     with pytest.raises(NinError, match="at most 64 images"):
         cam(run_at_131, test_samples=65)
+    with pytest.raises(NinError, match="--test-samples -1: give a number of test images, 1 to 64"):
+        cam(run_at_131, test_samples=-1)
     with pytest.raises(NinError, match="class maps are 1x1.*resize 99 or more"):
         cam(trained_run, test_samples=2)  # trained at 67x67
 

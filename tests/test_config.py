@@ -8,9 +8,10 @@ from nin.errors import NinError
 
 def test_d2l_preset_is_the_seed_recipe():
     config = load_preset("d2l")
-    assert (config.resize, config.epochs, config.batch_size, config.lr, config.momentum, config.dropout) == (
-        224, 5, 256, 0.05, 0.0, 0.5,
-    )  # fmt: skip
+    seed = dict(arch="nin", resize=224, epochs=5, batch_size=256, lr=0.05, momentum=0.0, weight_decay=0.0,
+                dropout=0.5, init="xavier", schedule="constant", label_smoothing=0.0, augment="none",
+                val_split=0)  # fmt: skip
+    assert {k: getattr(config, k) for k in seed} == seed
     assert config == Config()  # the dataclass defaults are the seed's too
 
 

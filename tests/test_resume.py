@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,8 +81,11 @@ def test_sigterm_and_sigint_stop_gracefully_with_a_checkpoint(tmp_path, referenc
     out, err = process.communicate(timeout=60)
     assert process.returncode == code, err
     assert f"stopped by {signal.Signals(signum).name}" in err and "--resume" in err and "Traceback" not in err
+    # the checkpoint is the one written at the stop (mid-epoch, or after the epoch's last step)
+    stopped = re.search(r"at epoch (\d+), step (\d+)|after epoch (\d+)", err)
+    expected = (int(stopped[1]) - 1, int(stopped[2])) if stopped[1] else (int(stopped[3]), 0)
     position = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["position"]
-    assert position["step"] > 0 or position["epoch"] > 0
+    assert (position["epoch"], position["step"]) == expected
     assert main(["train", "--resume", str(tmp_path)]) == 0
     assert_same_run(tmp_path, reference)
 
@@ -110,8 +114,16 @@ def test_flipped_bytes_in_a_checkpoint_give_one_clear_error(reference, tmp_path,
     data[at : at + 8] = bytes(b ^ 0xFF for b in data[at : at + 8])
     damaged = tmp_path / "checkpoint.pt"
     damaged.write_bytes(bytes(data))
-    with pytest.raises(NinError, match="checkpoint"):
+    with pytest.raises(NinError, match=r"checkpoint\.pt: (not a readable|damaged) nin checkpoint"):
         evaluate(damaged, test_limit=10)
+
+
+def test_a_changed_weight_fails_the_checksum(reference, tmp_path):
+    state = torch.load(reference / "checkpoint.pt", weights_only=True)
+    next(iter(state["model"].values())).view(-1)[0] += 1  # a well-formed file whose contents were altered
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(NinError, match=r"damaged nin checkpoint \(its contents do not match their SHA-256\)"):
+        evaluate(tmp_path, test_limit=10)
 
 
 def test_truncated_checkpoint_in_resume(tmp_path, reference, capsys):

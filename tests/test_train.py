@@ -1,5 +1,7 @@
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -55,6 +57,35 @@ def test_same_seed_same_run(tmp_path):
     b = train(config, tmp_path / "b")
     strip = [{k: v for k, v in m.items() if "sec" not in k} for m in a]
     assert strip == [{k: v for k, v in m.items() if "sec" not in k} for m in b]
+
+
+@pytest.mark.parametrize("hook, nth", [("sync", 1), ("evaluate_accuracy", 1), ("sync", 2)])
+def test_a_signal_at_an_epochs_end_stops_after_its_checkpoint(tmp_path, monkeypatch, hook, nth):
+    """SIGTERM in an epoch's last step (sync) or in its evaluation: the epoch is finished and saved first,
+    then the run stops (in the final epoch it just finishes); resumed, it ends as an uninterrupted run."""
+    config = Config(**{**SHORT, "train_limit": 64, "test_limit": 100})  # one step per epoch
+    reference = train(config, tmp_path / "reference")
+    real, calls = getattr(train_module, hook), []
+
+    def signalled(*args):
+        calls.append(1)
+        if len(calls) == nth:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(train_module, hook, signalled)
+    run = tmp_path / "run"
+    if nth == 1:
+        with pytest.raises(train_module.Stopped, match=r"stopped by SIGTERM after epoch 1; checkpoint written"):
+            train(config, run)
+        position = torch.load(run / "checkpoint.pt", weights_only=True)["position"]
+        assert (position["epoch"], position["step"]) == (1, 0)
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+        history = train(config, run, resume=True)
+    else:
+        history = train(config, run)
+    strip = lambda h: [{k: v for k, v in m.items() if "sec" not in k} for m in h]  # noqa: E731
+    assert strip(history) == strip(reference)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -41,7 +41,9 @@ def cam(
     (default: cam.png beside the checkpoint)."""
     if bool(image_paths) == bool(test_samples):
         raise NinError("give either image files or --test-samples N, not both and not neither")
-    if not 0 <= test_samples <= MAX_IMAGES or len(image_paths) > MAX_IMAGES:
+    if test_samples < 0:
+        raise NinError(f"--test-samples {test_samples}: give a number of test images, 1 to {MAX_IMAGES}")
+    if test_samples > MAX_IMAGES or len(image_paths) > MAX_IMAGES:
         raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
     checkpoint = resolve(path)
     net, config = model_from_checkpoint(checkpoint)

@@ -179,6 +179,9 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
             if rt.is_main:  # after the checkpoint: metrics never run ahead of what a resume restores
                 atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
                 plot_curves(history, config.epochs, out_dir / "curves.png")
+            # a signal in the epoch's last step or its evaluation: stop now that the epoch is saved
+            if epoch + 1 < config.epochs and rt.all_sum(float(stop.signum > 0))[0]:
+                raise _stopped(stop, f"after epoch {epoch + 1}", out_dir)
 
     last = history[-1]
     step_seconds = sum(len(train_y) / m["examples_per_sec"] for m in history)
@@ -253,20 +256,23 @@ def _train_epoch(
                     acc=f"{correct.item() / seen:.3f}",
                     img_s=f"{seen / seconds:.0f}",
                 )
-            at_interval = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
-            if (stopping or at_interval) and step + 1 < len(batches):
-                # sums over ranks, but rank 0's own step time: it is a wall-clock time, not a count
-                totals = [*rt.all_sum(loss_sum.item(), correct.item(), seen), seconds]
-                _checkpoint(out_dir, net, optimizer, epoch, step + 1, totals, config, history, rt)
-            if stopping:
-                signum = stop.signum or signal.SIGTERM  # a rank that got no signal itself stops with the others
-                raise Stopped(
-                    f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step + 1}; "
-                    f"checkpoint written. Continue with: nin train --resume {out_dir}",
-                    signum,
-                )
+            if step + 1 < len(batches):  # after the last step, the epoch's own checkpoint (and stop) follow
+                at_interval = config.checkpoint_every and (step + 1) % config.checkpoint_every == 0
+                if stopping or at_interval:
+                    # sums over ranks, but rank 0's own step time: it is a wall-clock time, not a count
+                    totals = [*rt.all_sum(loss_sum.item(), correct.item(), seen), seconds]
+                    _checkpoint(out_dir, net, optimizer, epoch, step + 1, totals, config, history, rt)
+                if stopping:
+                    raise _stopped(stop, f"at epoch {epoch + 1}, step {step + 1}", out_dir)
     loss_total, correct_total, seen_total = rt.all_sum(loss_sum.item(), correct.item(), seen)
     return loss_total, correct_total, int(seen_total), seconds
+
+
+def _stopped(stop: StopOnSignal, where: str, out_dir: Path) -> Stopped:
+    signum = stop.signum or signal.SIGTERM  # a rank that got no signal itself stops with the others
+    name = signal.Signals(signum).name
+    return Stopped(f"stopped by {name} {where}; checkpoint written. Continue with: nin train --resume {out_dir}",
+                   signum)  # fmt: skip
 
 
 def _checkpoint(
