@@ -30,3 +30,14 @@ def test_diverging_runs_are_counted_not_fatal(tmp_path, capsys):
     assert [r["status"] for r in json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]] == ["diverged"] * 2
     assert main(["sweep", *TINY, "--seeds", "2", "--out", str(tmp_path / "s")]) == 2  # never mixed with old runs
     assert "already exists" in capsys.readouterr().err
+
+
+def test_a_run_below_half_accuracy_counts_as_failed(tmp_path, capsys):
+    """lr 1e-6: the network keeps about its initial weights, so it guesses (far below 0.5) without diverging."""
+    assert main(["sweep", *TINY, "--lr", "1e-6", "--seeds", "1", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    (run,) = json.loads((tmp_path / "s" / "sweep.json").read_text())["runs"]
+    assert run["status"] == "failed" and run["test_acc"] < 0.5
+    assert "seed 0: failed" in out and "failed runs: 1 of 1" in out
+    assert main(["sweep", *TINY, "--seeds", "0", "--out", str(tmp_path / "t")]) == 2
+    assert "--seeds 0: give the number of seeds" in capsys.readouterr().err
