@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nin.cli import get_args_parser
 from nin.config import FIELDS, Config, load_preset
 
@@ -31,11 +33,14 @@ def test_bench_quick_prints_every_figure():
     assert figures["config"]["train_limit"] == 64 and figures["train_gflop_per_image"] > 0
 
 
-def test_steps_benchmark_prints_every_variant():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_steps_benchmark_prints_every_variant(precision: str):
     steps = Path(__file__).parents[1] / "benchmarks" / "steps.py"
     result = subprocess.run([sys.executable, str(steps), "--widths", "4", "--steps", "2", "--repeats", "1",
-                             "--batch", "16"], capture_output=True, text=True, timeout=120)  # fmt: skip
+                             "--batch", "16", "--precision", precision],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"batch 16, {precision}, 28x28" in result.stdout.splitlines()[0]
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [("4", "on", "NHWC"), ("4", "on", "NCHW"), ("4", "off", "NHWC")]
     assert all(float(r[3]) > 0 and r[5] == "/" for r in rows)
