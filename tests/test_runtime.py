@@ -26,10 +26,14 @@ def test_precision_choice():
         autocast_dtype(torch.device("mps"), "bf16")
 
 
-@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native bf16")
-def test_emulated_bf16_is_announced(capsys):
-    autocast_dtype(CPU, "bf16")
-    assert "emulated and slow" in capsys.readouterr().err
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_picks_bf16_only_where_native_and_warns_where_emulated(monkeypatch, capsys, native: bool):
+    """Both kinds of CPU, whichever this one is: `auto` is bf16 only with native bf16 (AVX-512 BF16/AMX);
+    an explicit bf16 on a CPU without it trains, with a warning that it is slow."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if native else None)
+    assert autocast_dtype(CPU, "bf16") == torch.bfloat16
+    assert ("emulated and slow" in capsys.readouterr().err) == (not native)
 
 
 def test_bf16_channels_last_agrees_with_fp32_nchw_on_real_images(trained_run):
