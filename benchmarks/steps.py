@@ -2,7 +2,7 @@
 
     python benchmarks/steps.py                      # widths 16 and 32, BatchNorm on/off, NHWC/NCHW
     python benchmarks/steps.py --widths 4 --steps 2 --repeats 1   # seconds (used by the tests)
-    python benchmarks/steps.py --precision bf16     # bf16 autocast, as `nin train` on a CPU with AMX
+    python benchmarks/steps.py --precision bf16     # bf16 autocast, as `nin train` (auto: its choice here)
 
 One step is forward, backward and an SGD update on a random batch (default 64, the fast preset's;
 speed does not depend on the pixel values). Each variant's images/sec is the median step over
@@ -20,7 +20,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from nin.config import PRECISIONS
 from nin.model import NiN, init_kaiming, layer_summary
+from nin.runtime import autocast_dtype
 
 
 def variant(width: int, batch_norm: bool) -> NiN:
@@ -28,7 +30,7 @@ def variant(width: int, batch_norm: bool) -> NiN:
     return NiN(dropout=0.0, blocks=blocks, pool=2, batch_norm=batch_norm).apply(init_kaiming)
 
 
-def images_per_sec(net: NiN, channels_last: bool, batch: int, steps: int, bf16: bool) -> float:
+def images_per_sec(net: NiN, channels_last: bool, batch: int, steps: int, dtype: torch.dtype | None) -> float:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
@@ -37,7 +39,7 @@ def images_per_sec(net: NiN, channels_last: bool, batch: int, steps: int, bf16: 
     times = []
     for i in range(3 + steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype, enabled=dtype is not None):  # as nin train does
             loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -53,16 +55,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)  # the fast preset's
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")  # nin train's choice for auto
     args = parser.parse_args()
     cases = [(w, bn, cl) for w in args.widths for bn, cl in ((True, True), (True, False), (False, True))]
     results: dict[tuple, list[float]] = {case: [] for case in cases}
-    bf16 = args.precision == "bf16"
+    dtype = autocast_dtype(torch.device("cpu"), args.precision)
     for _ in range(args.repeats):
         for w, bn, cl in cases:
             torch.manual_seed(0)
-            results[(w, bn, cl)].append(images_per_sec(variant(w, bn), cl, args.batch, args.steps, bf16))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.precision}, 28x28")
+            results[(w, bn, cl)].append(images_per_sec(variant(w, bn), cl, args.batch, args.steps, dtype))
+    precision = "bf16" if dtype else "fp32"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {precision}, 28x28")
     print(f"{'width':>5} {'BatchNorm':>9} {'layout':>6} {'MMAC/img':>9}   images/sec min / median / max")
     for (w, bn, cl), values in results.items():
         macs = sum(r["macs"] for r in layer_summary(variant(w, bn), 28)) / 1e6
