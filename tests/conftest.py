@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SHORT
 from nin.data import BUNDLED, FILES
-from short_run import SHORT
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +39,21 @@ def _train_once(tmp_path_factory, name: str, **settings) -> Path:
     return out
 
 
+def _read_only(run: Path):
+    """Yield a shared run, then check that no test wrote into it (tests that write use a copy)."""
+    snapshot = lambda: {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in run.iterdir()}  # noqa: E731
+    before = snapshot()
+    yield run
+    assert snapshot() == before, f"a test wrote into the shared run {run}; write into a copy instead"
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A short real-data run (see `SHORT`) shared by the train, evaluate, predict and CLI tests."""
-    return _train_once(tmp_path_factory, "short")
+    yield from _read_only(_train_once(tmp_path_factory, "short"))
 
 
 @pytest.fixture(scope="session")
 def run_at_131(tmp_path_factory) -> Path:
     """A briefly trained run at 131x131, where the class maps are 3x3 (for `cam` and `report`)."""
-    return _train_once(tmp_path_factory, "at131", resize=131, epochs=1, train_limit=128, test_limit=64)
+    yield from _read_only(_train_once(tmp_path_factory, "at131", resize=131, epochs=1, train_limit=128, test_limit=64))

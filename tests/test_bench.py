@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from nin.cli import get_args_parser
-from nin.config import FIELDS, Config, load_preset
+from nin.cli import config_of, get_args_parser
+from nin.config import load_preset
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench.py"
 
@@ -29,7 +29,7 @@ def test_bench_quick_prints_every_figure():
     assert all(r["gflops"] > 0 for r in runs["fp32"] + runs["bf16"])
     for loop in ("reference", "ours"):
         (run,) = runs[loop]
-        assert 0 < run["step_seconds"] < run["seconds"] and 0 <= run["test_acc"] <= 1 and run["rss_mb"] > 0
+        assert 0 < run["step_seconds"] < run["seconds"] and run["rss_mb"] > 0
     assert figures["config"]["train_limit"] == 64 and figures["train_gflop_per_image"] > 0
 
 
@@ -53,5 +53,4 @@ def test_best_preset_is_the_candidate_the_gpu_script_chose():
     best = " ".join(re.findall(r'^best\+?="([^"]*)"', script, re.MULTILINE))
     chosen = re.search(r'\[w128-erase-30\]="([^"]*)"', script).group(1)
     args = get_args_parser().parse_args(["train", *best.split(), *chosen.split()])
-    overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}
-    assert Config(**{**load_preset("fast").to_dict(), **overrides}) == load_preset("best")
+    assert config_of(args)[0] == load_preset("best")  # args name no preset: on top of the default, fast

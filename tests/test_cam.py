@@ -1,5 +1,7 @@
 """Class activation maps: exactly the tensors NiN pools, drawn for files and for test images."""
 
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -44,8 +46,10 @@ def test_cam_of_test_images(run_at_131, tmp_path):
 def test_cam_of_image_files_has_no_true_class(run_at_131, tmp_path):
     png = tmp_path / "boot.png"
     Image.fromarray(load_fashion_mnist("test")[0][0].numpy()).save(png)
-    result = cam(run_at_131, [png])
-    assert result["png"] == str(run_at_131 / "cam.png") and (run_at_131 / "cam.png").is_file()
+    run = tmp_path / "run"
+    shutil.copytree(run_at_131, run)
+    result = cam(run, [png])
+    assert result["png"] == str(run / "cam.png") and (run / "cam.png").is_file()
     assert set(result["images"][0]) == {"image", "predicted", "prob"}
 
 

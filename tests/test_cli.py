@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nin.cli import main
+from nin.cli import config_of, get_args_parser, main
+from nin.config import Config
 from nin.data import load_fashion_mnist
 
 
@@ -28,14 +30,45 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 def test_help_lists_every_command():
     result = nin("--help")
     assert result.returncode == 0
-    for command in ("summary", "train", "sweep", "evaluate", "predict", "cam", "compare", "report"):
-        assert command in result.stdout
+    listed = re.findall(r"^    (\w+) ", result.stdout, re.MULTILINE)  # argparse's list of subcommands
+    assert listed == ["summary", "train", "sweep", "evaluate", "predict", "cam", "compare", "report"]
     train_help = nin("train", "--help").stdout
     for flag in ("--preset", "--config", "--epochs", "--lr", "--batch-size", "--resize", "--device", "--seed",
                  "--train-limit", "--test-limit", "--out", "--force", "--data-dir", "--precision", "--resume",
                  "--checkpoint-every", "--arch", "--width", "--weight-decay", "--schedule", "--warmup",
                  "--label-smoothing", "--augment", "--val-split"):  # fmt: skip
-        assert flag in train_help
+        assert re.search(rf"^  {flag}\b", train_help, re.MULTILINE), flag
+
+
+LOADED = """import sys
+from nin.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib" or m in ("nin.compare", "nin.classic")))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["summary"], ["summary", "--preset", "fast"]])
+def test_help_and_summary_load_neither_matplotlib_nor_the_comparison_models(args):
+    result = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_config_file_then_flags(tmp_path, capsys):
+    config = tmp_path / "mine.toml"
+    config.write_text('arch = "nin-bn"\nwidth = 8\nresize = 28\nepochs = 3\nlr = 0.3\nprecision = "fp32"\n')
+    args = get_args_parser().parse_args(["train", "--config", str(config), "--epochs", "1", "--lr", "0.05"])
+    assert config_of(args) == (Config(arch="nin-bn", width=8, resize=28, epochs=1, lr=0.05), "mine")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--epochs", "1", "--train-limit", "64", "--test-limit", "32",
+                 "--out", str(out)]) == 0  # fmt: skip
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["arch"], saved["width"], saved["epochs"], saved["lr"]) == ("nin-bn", 8, 1, 0.3)
+    with pytest.raises(SystemExit):  # one source of settings: a preset or a config file
+        main(["train", "--config", str(config), "--preset", "fast"])
 
 
 def test_summary(capsys):
@@ -136,10 +169,15 @@ def test_evaluate_and_predict(trained_run, tmp_path):
     result = nin("evaluate", str(trained_run), "--json", "--test-limit", "200", "--plot", str(tmp_path / "cm.png"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert 0 <= report["test_acc"] <= 1 and len(report["per_class_acc"]) == 10
+    matrix = torch.tensor(report["confusion_matrix"])
+    assert matrix.sum() == report["examples"] == 200 and len(report["per_class_acc"]) == 10
+    assert report["test_acc"] == matrix.diag().sum().item() / 200
+    (session,) = report["record"]["sessions"]  # how the run was made
+    assert (session["status"], session["precision"], session["device"]) == ("finished", "fp32", "cpu")
     assert (tmp_path / "cm.png").exists()
     text = nin("evaluate", str(trained_run / "checkpoint.pt"), "--test-limit", "200", "--plot", str(tmp_path / "c.png"))
     assert "test accuracy" in text.stdout and "Ankle boot" in text.stdout
+    assert "(finished): " in text.stdout and "fp32, 1 process(es), torch " in text.stdout
     tta = nin("evaluate", str(trained_run), "--tta", "--test-limit", "200", "--plot", str(tmp_path / "t.png"))
     assert "test accuracy with flip TTA" in tta.stdout
 

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from helpers import check_page
 from nin import compare as compare_module
 from nin.classic import lenet
 from nin.cli import main
 from nin.compare import Recipe, compare, head_params, nin_fc_head
 from nin.model import NiN
-from test_report import check_page
 
 SEED_PARAMS = 1_992_166
 

@@ -1,8 +1,11 @@
+import argparse
+import dataclasses
 import json
 
 import pytest
 
-from nin.config import Config, from_dict, load_config, load_preset, presets
+from nin.cli import add_config_flags
+from nin.config import Config, field_types, from_dict, load_config, load_preset, presets
 from nin.errors import NinError
 
 
@@ -12,13 +15,15 @@ def test_d2l_preset_is_the_seed_recipe():
                 dropout=0.5, init="xavier", schedule="constant", label_smoothing=0.0, augment="none",
                 val_split=0)  # fmt: skip
     assert {k: getattr(config, k) for k in seed} == seed
+    assert config.precision == "fp32"  # d2l's numerics on every device
     assert config == Config()  # the dataclass defaults are the seed's too
 
 
-def test_every_preset_loads():
+def test_every_preset_round_trips_through_a_run_config():
     assert {"d2l", "quick", "fast", "best"} <= set(presets())
     for name in presets():
-        assert isinstance(load_preset(name), Config)
+        config = load_preset(name)
+        assert from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_unknown_preset_lists_the_choices():
@@ -81,3 +86,33 @@ def test_missing_config_file(tmp_path):
 def test_from_dict_names_the_source():
     with pytest.raises(NinError, match="^ckpt: unknown setting"):
         from_dict({"colour": 1}, source="ckpt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Extended(Config):
+    """Config with the kinds of field a later feature may add."""
+
+    sync_bn: bool = dataclasses.field(default=False, metadata={"help": "a switch"})
+    max_steps: int | None = dataclasses.field(default=None, metadata={"help": "a number, or none"})
+
+
+def test_field_types_come_from_the_type_hints():
+    types = field_types(Extended)
+    assert (types["sync_bn"], types["max_steps"], types["lr"], types["arch"]) == (
+        (bool, False), (int, True), (float, False), (str, False))  # fmt: skip
+    assert from_dict({"sync_bn": True, "max_steps": None}, cls=Extended) == Extended(sync_bn=True)
+    loaded = from_dict({"max_steps": 7, "lr": 1}, cls=Extended)
+    assert loaded.max_steps == 7 and loaded.lr == 1.0 and isinstance(loaded.lr, float)
+    for values, message in (({"sync_bn": 1}, "sync_bn should be bool"), ({"max_steps": 1.5}, "int or None"),
+                            ({"max_steps": True}, "int or None"), ({"lr": None}, "lr should be float,")):  # fmt: skip
+        with pytest.raises(NinError, match=message):
+            from_dict(values, cls=Extended)
+
+
+def test_flags_come_from_the_type_hints():
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Extended)
+    given = vars(parser.parse_args(["--sync-bn", "--max-steps", "none", "--lr", "0.1", "--arch", "nin-bn"]))
+    assert given == {"sync_bn": True, "max_steps": None, "lr": 0.1, "arch": "nin-bn"}
+    assert vars(parser.parse_args(["--no-sync-bn", "--max-steps", "3"])) == {"sync_bn": False, "max_steps": 3}
+    assert vars(parser.parse_args([])) == {}  # a flag not given overrides nothing

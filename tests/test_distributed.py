@@ -67,7 +67,8 @@ def test_metrics_are_all_reduced(runs):
 
 def test_only_rank_0_writes_and_prints(runs):
     _, two, result = runs
-    assert sorted(p.name for p in two.iterdir()) == ["checkpoint.pt", "config.json", "curves.png", "metrics.jsonl"]
+    assert sorted(p.name for p in two.iterdir()) == [
+        "checkpoint.pt", "config.json", "curves.png", "metrics.jsonl", "run.json"]  # fmt: skip
     assert result.stdout.count("training on cpu x 2 processes") == 1
     assert result.stdout.count("examples/sec on cpu") == 1
 
@@ -75,3 +76,15 @@ def test_only_rank_0_writes_and_prints(runs):
 def test_batch_size_must_divide(tmp_path):
     result = nin_train(2, tmp_path / "run", "--batch-size", "95")
     assert result.returncode != 0 and "divide" in result.stderr
+
+
+def test_resume_with_another_number_of_processes_is_refused(runs):
+    """Each rank draws its own dropout masks and keeps its own RNG: an exact resume needs the same count."""
+    _, two, _ = runs
+    before = (two / "checkpoint.pt").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "nin", "train", "--resume", str(two)], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "written by 2 process(es), and this run has 1" in result.stderr
+    assert f"torchrun --nproc_per_node=2 -m nin train --resume {two}" in result.stderr
+    assert (two / "checkpoint.pt").read_bytes() == before

@@ -7,12 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import SHORT
+from nin import step as step_module
 from nin import train as train_module
 from nin.checkpoint import load_checkpoint, model_from_checkpoint
 from nin.config import Config
 from nin.errors import NinError
-from nin.train import chance_plateau, evaluate_accuracy, learning_rate, train
-from short_run import SHORT
+from nin.evaluate import evaluate_accuracy
+from nin.guards import Stopped, chance_plateau
+from nin.train import learning_rate, train
 
 
 def test_short_training_lowers_the_loss_and_beats_chance(trained_run):
@@ -32,6 +35,7 @@ def test_run_directory_contents(trained_run):
         "config.json",
         "curves.png",
         "metrics.jsonl",
+        "run.json",
     ]
     assert Config(**json.loads((trained_run / "config.json").read_text())) == Config(**SHORT)
     with Image.open(trained_run / "curves.png") as img:
@@ -76,7 +80,7 @@ def test_a_signal_at_an_epochs_end_stops_after_its_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(train_module, hook, signalled)
     run = tmp_path / "run"
     if nth == 1:
-        with pytest.raises(train_module.Stopped, match=r"stopped by SIGTERM after epoch 1; checkpoint written"):
+        with pytest.raises(Stopped, match=r"stopped by SIGTERM after epoch 1; checkpoint written"):
             train(config, run)
         position = torch.load(run / "checkpoint.pt", weights_only=True)["position"]
         assert (position["epoch"], position["step"]) == (1, 0)
@@ -90,14 +94,14 @@ def test_a_signal_at_an_epochs_end_stops_after_its_checkpoint(tmp_path, monkeypa
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """A loss that turns NaN in epoch 2 stops training; epoch 1's checkpoint stays as it was."""
-    real, calls = train_module.F.cross_entropy, []
+    real, calls = step_module.F.cross_entropy, []
 
     def poisoned(y_hat, y, **kwargs):
         calls.append(1)
         loss = real(y_hat, y, **kwargs)
         return loss * float("nan") if len(calls) > 5 else loss  # 4 steps per epoch: step 2 of epoch 2
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(step_module.F, "cross_entropy", poisoned)
     config = Config(**{**SHORT, "epochs": 3, "train_limit": 256, "test_limit": 100})
     with pytest.raises(
         NinError, match=r"loss became nan at epoch 2, step 2.*last good checkpoint is kept.*--lr 0\.0025"
@@ -176,8 +180,8 @@ def test_nin_bn_with_the_new_ingredients_learns_and_reports_val_acc(tmp_path, ca
 
 
 def test_a_loss_explosion_stops_the_run_before_it_turns_nan(tmp_path, monkeypatch):
-    real = train_module.F.cross_entropy
-    monkeypatch.setattr(train_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 50)  # about 115 x batch
+    real = step_module.F.cross_entropy
+    monkeypatch.setattr(step_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 50)  # about 115 x batch
     config = Config(**{**SHORT, "epochs": 1, "train_limit": 256, "test_limit": 100})
     with pytest.raises(NinError, match=r"loss jumped to \d+\.\d \(chance level is 2.30\) at epoch 1, step 1"):
         train(config, tmp_path)

@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nin.checkpoint import model_from_checkpoint, resolve
+from nin.checkpoint import model_from_checkpoint
 from nin.data import CLASS_NAMES, load_fashion_mnist, resize
 from nin.errors import NinError
 from nin.evaluate import load_image
 from nin.model import MAX_RESIZE, NiN, feature_sizes
 from nin.plots import plot_cams
+from nin.run import RunDir
 
 MAX_IMAGES = 64  # rows of one readable PNG
 
@@ -38,14 +39,14 @@ def cam(
 ) -> dict:
     """Class maps for image files, or for the first `test_samples` test images (whose true class is known),
     drawn as heat maps over the input for the predicted and the true class into one PNG grid
-    (default: cam.png beside the checkpoint)."""
+    (default: the run directory's cam.png)."""
     if bool(image_paths) == bool(test_samples):
         raise NinError("give either image files or --test-samples N, not both and not neither")
     if test_samples < 0:
         raise NinError(f"--test-samples {test_samples}: give a number of test images, 1 to {MAX_IMAGES}")
     if test_samples > MAX_IMAGES or len(image_paths) > MAX_IMAGES:
         raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
-    checkpoint = resolve(path)
+    run, checkpoint = RunDir.of(path)
     net, config = model_from_checkpoint(checkpoint)
     check_maps(net, checkpoint, config.resize)
     if image_paths:
@@ -54,7 +55,7 @@ def cam(
         images, labels = load_fashion_mnist("test", data_dir)
         images, labels = images[:test_samples], labels[:test_samples]
         names = [f"test image {i}" for i in range(test_samples)]
-    out = out or checkpoint.parent / "cam.png"
+    out = out or run.file("cam")
     rows = draw_cams(net, config.resize, images, labels, names, out)
     return {"checkpoint": str(checkpoint), "png": str(out), "images": rows}
 

@@ -13,9 +13,9 @@ from nin.config import Config, from_dict
 from nin.errors import NinError
 from nin.io import atomic_torch_save
 from nin.model import NiN, build
+from nin.run import RunDir
 
 FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
-CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(
@@ -75,18 +75,8 @@ def digest(state: object) -> str:
     return h.hexdigest()
 
 
-def resolve(path: Path) -> Path:
-    """A run directory or a checkpoint file -> the checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise NinError(f"{path}: no such checkpoint; pass a run directory made by `nin train` or its {CHECKPOINT}")
-    return path
-
-
 def load_checkpoint(path: Path) -> dict:
-    path = resolve(path)
+    """A checkpoint file's contents, checked to be a nin checkpoint of this format, undamaged."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
@@ -110,7 +100,9 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def model_from_checkpoint(path: Path) -> tuple[NiN, Config]:
-    """The trained network (in eval mode, on the CPU) and the config it was trained with."""
+    """The trained network (in eval mode, on the CPU) and the config it was trained with, from a
+    checkpoint file or a run directory."""
+    _, path = RunDir.of(path)
     state = load_checkpoint(path)
     config = from_dict(state["config"], source=str(path))
     net = build(config.arch, config.dropout, config.width)

@@ -8,27 +8,28 @@ the share of parameters in the classifier head, training wall time and test accu
 
 from __future__ import annotations
 
-import json
-import math
+import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import count
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nin.classic import alexnet, lenet, vgg11
+from nin.config import Recipe
 from nin.data import Batches, load_fashion_mnist
 from nin.errors import NinError
-from nin.io import atomic_write_text
-from nin.model import MAX_RESIZE, NiN, init_kaiming, init_weights, layer_summary, min_resize
+from nin.evaluate import evaluate_accuracy
+from nin.guards import at_chance, blown
+from nin.model import NiN, init_kaiming, init_weights, layer_summary, min_resize
 from nin.plots import plot_compare
-from nin.runtime import Runtime, setup, sync
-from nin.train import EXPLODED, at_chance, evaluate_accuracy
+from nin.run import RunDir, provenance
+from nin.runtime import Runtime, local, sync
+from nin.step import EpochState, train_step
 
 
 def nin_fc_head(resize: int) -> nn.Sequential:
@@ -54,33 +55,6 @@ MODELS: dict[str, tuple[str, Callable[[int], nn.Module]]] = {
 }
 
 
-@dataclass
-class Recipe:
-    """The shared training budget and recipe (defaults: the quick preset's optimizer)."""
-
-    budget: int = 30_000  # training images seen per model
-    resize: int = 99  # the smallest size at which NiN's class maps are more than 1x1 (2x2)
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    seed: int = 0
-    test_limit: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise NinError(f"--budget {self.budget}: give the number of training images per model, e.g. 30000")
-        if self.batch_size < 1:
-            raise NinError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0 or not 0 <= self.momentum < 1:
-            raise NinError(f"--lr must be positive and --momentum in [0, 1), got {self.lr} and {self.momentum}")
-        if self.test_limit < 0:
-            raise NinError(f"--test-limit must be 0 (all) or positive, got {self.test_limit}")
-        if self.resize > MAX_RESIZE:
-            raise NinError(f"--resize {self.resize} is larger than {MAX_RESIZE}; the images are only 28x28")
-
-
 def head_params(net: nn.Module) -> int:
     """Parameters after the last pooling stage: the dense layers of LeNet/AlexNet/VGG; NiN's last
     mlpconv block (which makes the class maps) and whatever turns the maps into scores."""
@@ -98,83 +72,93 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
     for name in names:
         if recipe.resize < (smallest := min_resize(MODELS[name][1](max(recipe.resize, 224)))):
             raise NinError(f"--resize {recipe.resize} is too small for {name}; it needs at least {smallest}")
-    rt = setup(recipe.device, recipe.precision)
-    if rt.world_size > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise NinError("nin compare runs in one process; start it with python -m nin or nin, not torchrun")
+    rt = local(recipe.device, recipe.precision)
+    train_iter, test_iter = batches(recipe, data_dir, rt)
+    run = RunDir(out_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    print(f"{len(names)} models, {recipe.budget} training images each at {recipe.resize}x{recipe.resize} "
+          f"on {rt.device}, {rt.precision}")  # fmt: skip
+    rows = [train_model(name, recipe, train_iter, test_iter, rt)[1] for name in names]
+    result = {"recipe": asdict(recipe), "device": str(rt.device), "precision": rt.precision,
+              "machine": provenance(str(rt.device)), "rows": rows}  # fmt: skip
+    run.write_json("compare_json", result)
+    run.write_text("compare_md", markdown_table(result) + "\n")
+    plot_compare(rows, run.file("compare_png"), f"{recipe.budget} images at {recipe.resize}x{recipe.resize}")
+    return rows
+
+
+def batches(recipe: Recipe, data_dir: Path | None, rt: Runtime) -> tuple[Batches, Batches]:
+    """(training, test) batches: every model sees the training images in the same seeded order."""
     train_x, train_y = load_fashion_mnist("train", data_dir)
     test_x, test_y = load_fashion_mnist("test", data_dir)
     if recipe.test_limit:
         test_x, test_y = test_x[: recipe.test_limit], test_y[: recipe.test_limit]
     train_iter = Batches(train_x, train_y, recipe.batch_size, recipe.resize, rt.device, shuffle=True, seed=recipe.seed)
-    test_iter = Batches(test_x, test_y, 500, recipe.resize, rt.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size = f"{recipe.resize}x{recipe.resize}"
-    print(f"{len(names)} models, {recipe.budget} training images each at {size} on {rt.device}")
+    return train_iter, Batches(test_x, test_y, 500, recipe.resize, rt.device)
 
-    rows = []
-    for name in names:
-        title, build = MODELS[name]
-        torch.manual_seed(recipe.seed)
-        net = build(recipe.resize)
-        net.apply(init_weights if name == "lenet" else init_kaiming)
-        summary = layer_summary(net, recipe.resize)
-        params = sum(p.numel() for p in net.parameters())
-        net = net.to(rt.device, memory_format=torch.channels_last)
-        images, seconds, loss, status = fit(net, train_iter, recipe, rt)
-        start = time.perf_counter()
-        acc = evaluate_accuracy(net, test_iter, rt)
-        rows.append(
-            {
-                "model": name,
-                "description": title,
-                "params": params,
-                "macs": sum(r["macs"] for r in summary),
-                "head_share": head_params(net) / params,
-                "train_seconds": seconds,
-                "examples_per_sec": images / seconds,
-                "eval_seconds": time.perf_counter() - start,
-                "train_loss": loss,
-                "test_acc": acc,
-                "status": status,
-            }
-        )
-        print(f"{name}: test acc {acc:.4f}, loss {loss:.3f}, {seconds:.1f} s ({status})", flush=True)
 
-    result = {"recipe": asdict(recipe), "device": str(rt.device), "rows": rows}
-    atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out_dir / "compare.md", markdown_table(result) + "\n")
-    plot_compare(rows, out_dir / "compare.png", f"{recipe.budget} images at {recipe.resize}x{recipe.resize}")
-    return rows
+def train_model(
+    name: str, recipe: Recipe, train_iter: Batches, test_iter: Batches, rt: Runtime
+) -> tuple[nn.Module, dict]:
+    """Build, initialise (from the recipe's seed), train and test one model; returns it and its row."""
+    title, build = MODELS[name]
+    torch.manual_seed(recipe.seed)
+    net = build(recipe.resize)
+    net.apply(init_weights if name == "lenet" else init_kaiming)
+    summary = layer_summary(net, recipe.resize)
+    params = sum(p.numel() for p in net.parameters())
+    net = net.to(rt.device, memory_format=torch.channels_last)
+    images, seconds, loss, status = fit(net, train_iter, recipe, rt)
+    start = time.perf_counter()
+    acc = evaluate_accuracy(net, test_iter, rt)
+    print(f"{name}: test acc {acc:.4f}, loss {loss:.3f}, {seconds:.1f} s ({status})", flush=True)
+    return net, {
+        "model": name,
+        "description": title,
+        "params": params,
+        "macs": sum(r["macs"] for r in summary),
+        "head_share": head_params(net) / params,
+        "train_seconds": seconds,
+        "examples_per_sec": images / seconds,
+        "eval_seconds": time.perf_counter() - start,
+        "train_loss": loss,
+        "test_acc": acc,
+        "status": status,
+    }
 
 
 def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[int, float, float, str]:
-    """SGD on `recipe.budget` images (the seeded order, epoch after epoch); returns (images trained on,
-    step seconds, mean loss over the last 10% of the images, status: ok, at chance level (loss ln 10),
-    or diverged (the trainer's test: NaN/inf, or above 10 x ln 10))."""
+    """`nin train`'s step on `recipe.budget` images (the seeded order, epoch after epoch); returns
+    (images trained on, step seconds, mean loss over the last 10% of the images, status: ok, at chance
+    level (loss ln 10), or diverged (the trainer's test: NaN/inf, or above 10 x ln 10))."""
     optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     net.train()
-    seen, seconds, tail_loss, tail_seen = 0, 0.0, 0.0, 0
+    state = EpochState.start(rt.device)
     tail_from = recipe.budget - max(recipe.budget // 10, 1)
+    tail_start = None  # (loss sum, images) when the last 10% began
+    bad, t, steps = torch.zeros((), dtype=torch.bool, device=rt.device), None, 0
     for epoch in count():
         for x, y in batches.epoch(epoch):
-            x, y = x[: recipe.budget - seen], y[: recipe.budget - seen]
-            t = time.perf_counter()
-            with torch.autocast(rt.device.type, rt.dtype, enabled=rt.dtype is not None):
-                loss = F.cross_entropy(net(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            x, y = x[: recipe.budget - state.seen], y[: recipe.budget - state.seen]
+            if tail_start is None and state.seen + len(y) > tail_from:
+                tail_start = (state.loss_sum.clone(), state.seen)
+            t = time.perf_counter() if t is None else t
+            loss = train_step(net, optimizer, x, y, rt, state)
+            bad |= blown(loss)
+            steps += 1
+            done = state.seen >= recipe.budget
+            if not (done or steps % rt.check_every == 0):
+                continue
             sync(rt.device)
-            seconds += time.perf_counter() - t
-            if not math.isfinite(value := loss.item()) or value > EXPLODED:  # as the trainer judges it
-                print(f"  diverged: the loss reached {value} after {seen} images", file=sys.stderr)
-                return seen + len(y), seconds, value, "diverged"
-            if seen + len(y) > tail_from:
-                tail_loss, tail_seen = tail_loss + value * len(y), tail_seen + len(y)
-            seen += len(y)
-            if seen >= recipe.budget:
-                loss = tail_loss / tail_seen
-                return seen, seconds, loss, "at chance level" if at_chance(loss) else "ok"
+            state.seconds, t = state.seconds + time.perf_counter() - t, None
+            if bad:
+                print(f"  diverged: the loss reached {loss.item()} after {state.seen} images", file=sys.stderr)
+                return state.seen, state.seconds, loss.item(), "diverged"
+            if done:
+                tail = (state.loss_sum - tail_start[0]).item() / (state.seen - tail_start[1])
+                return state.seen, state.seconds, tail, "at chance level" if at_chance(tail) else "ok"
     raise AssertionError("unreachable")
 
 

@@ -1,15 +1,20 @@
-"""Training recipes: a frozen dataclass whose defaults are the seed's, and presets as small TOML diffs."""
+"""Training recipes: a frozen dataclass whose defaults are the seed's, and presets as small TOML diffs.
+
+Each field's type comes from its type hint (`int`, `float`, `str`, `bool`, or any of them `| None`);
+`from_dict` checks values against it and the CLI makes one flag per field from it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import tomllib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from nin.errors import NinError
-from nin.model import ARCHS, INITS
+from nin.model import ARCHS, INITS, MAX_RESIZE
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -50,7 +55,7 @@ class Config:
     seed: int = _field(0, "seeds the initialisation, dropout and the data order (default 0)")
     device: str = _field("auto", "auto picks cuda, then mps, then cpu (default auto)", DEVICES)
     precision: str = _field(
-        "auto", "auto: bf16 autocast where the device computes bf16 natively, else fp32 (the seed's)", PRECISIONS
+        "fp32", "fp32 (the seed's), bf16 (autocast), or auto: bf16 where the device computes it natively", PRECISIONS
     )
     checkpoint_every: int = _field(0, "also write a checkpoint every N steps (default 0: after each epoch only)")
     train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
@@ -83,7 +88,7 @@ class Config:
             if getattr(self, name) < 0:
                 raise NinError(f"{name} must be 0 (off/all) or positive, got {getattr(self, name)}")
         for f in dataclasses.fields(self):
-            if f.metadata["choices"] and getattr(self, f.name) not in f.metadata["choices"]:
+            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
                 raise NinError(
                     f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {getattr(self, f.name)!r}"
                 )
@@ -93,6 +98,27 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def field_types(cls: type = Config) -> dict[str, tuple[type, bool]]:
+    """Each field of the dataclass `cls`: (its type, whether it may be None), from the type hints."""
+    hints = typing.get_type_hints(cls)
+    types = {}
+    for f in dataclasses.fields(cls):
+        kind, args = hints[f.name], typing.get_args(hints[f.name])
+        optional = type(None) in args
+        if optional:
+            (kind,) = (a for a in args if a is not type(None))
+        types[f.name] = (kind, optional)
+    return types
+
+
+def _fits(value: object, kind: type, optional: bool) -> bool:
+    if value is None:
+        return optional
+    if kind is bool or isinstance(value, bool):  # a bool is an int to Python, never to a config
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def presets() -> list[str]:
@@ -119,14 +145,45 @@ def load_config(path: Path) -> Config:
     return from_dict(values, source=str(path))
 
 
-def from_dict(values: object, source: str = "config") -> Config:
+def from_dict(values: object, source: str = "config", cls: type = Config) -> typing.Any:
+    """An instance of the dataclass `cls` (default `Config`) from a table of settings, each checked
+    against its field's type; an int is accepted for a float field (and stored as a float)."""
     if not isinstance(values, dict):
         raise NinError(f"{source}: expected a table of settings (key = value), got {type(values).__name__}")
-    unknown = sorted(set(values) - set(FIELDS))
+    types = field_types(cls)
+    unknown = sorted(set(values) - set(types))
     if unknown:
-        raise NinError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+        raise NinError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(types)}")
     for name, value in values.items():
-        kind = {"int": int, "float": (int, float), "str": str}[FIELDS[name].type]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise NinError(f"{source}: {name} should be {FIELDS[name].type}, got {value!r}")
-    return Config(**values)
+        kind, optional = types[name]
+        if not _fits(value, kind, optional):
+            expected = kind.__name__ + (" or None" if optional else "")
+            raise NinError(f"{source}: {name} should be {expected}, got {value!r}")
+    return cls(**{k: float(v) if types[k][0] is float and v is not None else v for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """`nin compare`'s shared training budget and recipe (defaults: the quick preset's optimizer)."""
+
+    budget: int = 30_000  # training images seen per model
+    resize: int = 99  # the smallest size at which NiN's class maps are more than 1x1 (2x2)
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    seed: int = 0
+    test_limit: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise NinError(f"--budget {self.budget}: give the number of training images per model, e.g. 30000")
+        if self.batch_size < 1:
+            raise NinError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0 or not 0 <= self.momentum < 1:
+            raise NinError(f"--lr must be positive and --momentum in [0, 1), got {self.lr} and {self.momentum}")
+        if self.test_limit < 0:
+            raise NinError(f"--test-limit must be 0 (all) or positive, got {self.test_limit}")
+        if self.resize > MAX_RESIZE:
+            raise NinError(f"--resize {self.resize} is larger than {MAX_RESIZE}; the images are only 28x28")

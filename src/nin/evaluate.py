@@ -7,11 +7,25 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nin.checkpoint import model_from_checkpoint, resolve
+from nin.checkpoint import model_from_checkpoint
 from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
 from nin.errors import NinError
 from nin.plots import plot_confusion
-from nin.runtime import autocast_dtype, pick_device
+from nin.run import RunDir
+from nin.runtime import Runtime, local
+
+
+def evaluate_accuracy(net: torch.nn.Module, batches: Batches, rt: Runtime | None = None) -> float:
+    """Share of correctly classified examples, in eval mode (dropout off), in the runtime's precision,
+    summed over all ranks."""
+    rt = rt or Runtime(batches.device)
+    net.eval()
+    correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    with torch.inference_mode(), rt.autocast():
+        for x, y in batches:
+            correct += (net(x).argmax(dim=1) == y).sum()
+    (total,) = rt.all_sum(correct.item())
+    return total / len(batches.labels)
 
 
 def confusion_matrix(net: torch.nn.Module, batches: Batches, tta: bool = False) -> torch.Tensor:
@@ -35,29 +49,31 @@ def evaluate(path: Path, data_dir: Path | None = None, device: str = "auto", tes
     with flip test-time augmentation if `tta`. It runs in the run's precision on this device (bf16
     autocast where the run had `--precision auto` and the device computes bf16), as training measured.
 
-    The confusion matrix is drawn to `plot`, by default confusion_matrix.png beside the checkpoint.
+    The confusion matrix is drawn to `plot`, by default the run directory's confusion_matrix.png. The
+    result holds the run record (`record`: how the run was made; None for runs made before records).
     """
     if test_limit < 0:
         raise NinError(f"--test-limit must be 0 (all) or positive, got {test_limit}")
-    checkpoint = resolve(path)
+    run, checkpoint = RunDir.of(path)
     net, config = model_from_checkpoint(checkpoint)
-    dev = pick_device(device)
-    net = net.to(dev, memory_format=torch.channels_last)
+    rt = local(device, config.precision)
+    net = net.to(rt.device, memory_format=torch.channels_last)
     images, labels = load_fashion_mnist("test", data_dir)
     if test_limit:
         images, labels = images[:test_limit], labels[:test_limit]
-    dtype = autocast_dtype(dev, config.precision)
-    with torch.autocast(dev.type, dtype, enabled=dtype is not None):
-        matrix = confusion_matrix(net, Batches(images, labels, config.batch_size, config.resize, dev), tta)
+    with rt.autocast():
+        matrix = confusion_matrix(net, Batches(images, labels, config.batch_size, config.resize, rt.device), tta)
     per_class = matrix.diag() / matrix.sum(dim=1).clamp(min=1)
     result = {
         "checkpoint": str(checkpoint),
         "examples": len(labels),
         "tta": tta,
+        "precision": rt.precision,
         "test_acc": matrix.diag().sum().item() / len(labels),
         "per_class_acc": dict(zip(CLASS_NAMES, per_class.tolist())),
         "confusion_matrix": matrix.tolist(),
-        "confusion_png": str(plot or checkpoint.parent / "confusion_matrix.png"),
+        "confusion_png": str(plot or run.file("confusion")),
+        "record": run.record() if checkpoint == run.file("checkpoint") else None,
     }
     plot_confusion(matrix, CLASS_NAMES, Path(result["confusion_png"]), title=f"test accuracy {result['test_acc']:.4f}")
     return result

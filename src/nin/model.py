@@ -195,6 +195,8 @@ def layer_summary(model: nn.Module, size: int, in_channels: int = 1) -> list[dic
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     rows = []
     x = torch.zeros(1, in_channels, size, size)
+    training = model.training
+    model.eval()  # dropout off: the walk draws no random numbers, so it leaves training's RNG stream alone
     try:
         with torch.no_grad():
             for i, layer in enumerate(model.children()):
@@ -209,6 +211,7 @@ def layer_summary(model: nn.Module, size: int, in_channels: int = 1) -> list[dic
                     }
                 )
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     return rows

@@ -1,5 +1,6 @@
-"""One self-contained HTML page per run: config, curves, per-class accuracy, confusion matrix, class maps,
-and the model comparison when `nin compare` wrote one into the run directory.
+"""One self-contained HTML page per run: how it was made (the run record), config, curves, per-class
+accuracy, confusion matrix, class maps, and the model comparison when `nin compare` wrote one into the
+run directory.
 
 Images are embedded as base64 PNGs and the style is inline, so the page can be mailed or archived
 as one file and opens anywhere without the run directory.
@@ -16,12 +17,13 @@ from pathlib import Path
 import torch
 
 from nin.cam import check_maps, draw_cams
-from nin.checkpoint import load_checkpoint, model_from_checkpoint, resolve
+from nin.checkpoint import load_checkpoint, model_from_checkpoint
 from nin.data import load_fashion_mnist, resize
 from nin.errors import NinError
 from nin.evaluate import evaluate
 from nin.io import atomic_write_text
 from nin.plots import plot_curves
+from nin.run import RunDir, describe
 
 CAM_POOL = 1000  # the correct and wrong examples are the first ones among this many test images
 STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
@@ -33,8 +35,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0,
            out: Path | None = None, per_kind: int = 4) -> Path:  # fmt: skip
     """Write the run's report (default RUN_DIR/report.html) and return its path."""
-    checkpoint = resolve(run_dir)
-    run_dir = checkpoint.parent
+    run, checkpoint = RunDir.of(run_dir)
     net, config = model_from_checkpoint(checkpoint)
     history = load_checkpoint(checkpoint)["metrics"]
     with tempfile.TemporaryDirectory() as tmp:  # the report leaves no other file behind
@@ -42,10 +43,11 @@ def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", te
         confusion = _img(Path(result["confusion_png"]), "confusion matrix")
 
     sections = [
-        f"<h1>nin run {_e(run_dir.name)}</h1>",
+        f"<h1>nin run {_e(run.path.name)}</h1>",
         f"<p>Test accuracy <b>{result['test_acc']:.4f}</b> on {result['examples']} test images after "
         f"{len(history)} of {config.epochs} epochs; {sum(m['epoch_seconds'] for m in history):.0f} s of training "
         f"wall time.</p>",
+        "<h2>How it was made</h2>" + _record_section(run),
         "<h2>Config</h2>" + _table(["setting", "value"], config.to_dict().items()),
         "<h2>Training</h2>"
         + _table(
@@ -69,17 +71,30 @@ def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", te
         + "</div>",
         "<h2>Class activation maps</h2>" + _cam_section(net, config.resize, checkpoint, data_dir, per_kind),
     ]
-    if (run_dir / "compare.json").exists():
-        sections.append("<h2>NiN and the classic CNNs</h2>" + _compare_section(run_dir))
+    if run.file("compare_json").exists():
+        sections.append("<h2>NiN and the classic CNNs</h2>" + _compare_section(run))
     page = (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f"<title>nin run {_e(run_dir.name)}</title><style>{STYLE}</style></head><body>\n"
+        f"<title>nin run {_e(run.path.name)}</title><style>{STYLE}</style></head><body>\n"
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
-    out = out or run_dir / "report.html"
+    out = out or run.file("report")
     atomic_write_text(out, page)
     return out
+
+
+def _record_section(run: RunDir) -> str:
+    """One row per session of the run (a resumed run has several): when, where, in what precision."""
+    record = run.record()
+    if record is None:
+        return "<p class=note>No run record (run.json): the run was made by a nin without them.</p>"
+    rows = [
+        (s["started"], s["status"], f"{s['epochs_before']} → {s['epochs_after']}", describe(s),
+         " ".join(s["command"]), "" if s["wall_seconds"] is None else f"{s['wall_seconds']:.0f}")
+        for s in record["sessions"]
+    ]  # fmt: skip
+    return _table(["started", "status", "epochs", "machine and precision", "command", "wall s"], rows)
 
 
 def _cam_section(net: torch.nn.Module, size: int, checkpoint: Path, data_dir: Path | None, per_kind: int) -> str:
@@ -105,9 +120,9 @@ def _cam_section(net: torch.nn.Module, size: int, checkpoint: Path, data_dir: Pa
         )
 
 
-def _compare_section(run_dir: Path) -> str:
+def _compare_section(run: RunDir) -> str:
     """The table and bar charts `nin compare --out RUN_DIR` left in the run directory."""
-    path = run_dir / "compare.json"
+    path = run.file("compare_json")
     try:
         result = json.loads(path.read_text())
         recipe, rows = result["recipe"], result["rows"]
@@ -130,7 +145,8 @@ def _compare_section(run_dir: Path) -> str:
                   f"batch {recipe['batch_size']}, SGD lr {recipe['lr']} momentum {recipe['momentum']}")  # fmt: skip
     except (ValueError, KeyError, TypeError) as e:
         raise NinError(f"{path}: not a comparison written by nin compare ({e}); rerun nin compare --force") from None
-    chart = _img(run_dir / "compare.png", "comparison bar charts") if (run_dir / "compare.png").exists() else ""
+    png = run.file("compare_png")
+    chart = _img(png, "comparison bar charts") if png.exists() else ""
     return f"<p>From <code>nin compare</code>: {_e(budget)}, on {_e(result.get('device', '?'))}.</p>{table}{chart}"
 
 

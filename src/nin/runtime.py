@@ -6,7 +6,6 @@ runs the same program on its shard of each batch, and DistributedDataParallel av
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from dataclasses import dataclass
@@ -57,30 +56,28 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def keep_freed_memory() -> bool:
-    """Keep freed memory in the process (glibc only; returns whether it applied).
-
-    A training step allocates its activations afresh and frees them after the backward pass. By
-    default glibc hands large freed blocks back to the kernel (mmap under 32 MB, and trimming the heap
-    top), so the next step page-faults the same memory back in, page by page. Here: blocks up to 32 MB
-    come from the heap and the heap is never trimmed. Measured on the fast preset (1 epoch, off and
-    on alternating, 3 runs each, 2-core CPU): 1,629 -> 1,732 training images/s (medians), process
-    46.7 -> 43.5 s. The CLI sets it (it owns the process); the library leaves the allocator alone.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, Windows, musl)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
-
-
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
     dtype: torch.dtype | None = None  # autocast dtype; None: fp32
     rank: int = 0
     world_size: int = 1
+
+    @property
+    def precision(self) -> str:
+        """The precision that runs: 'bf16' (autocast) or 'fp32'."""
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def autocast(self) -> torch.autocast:
+        """The one autocast of nin: bf16 where `dtype` says so, else a no-op."""
+        return torch.autocast(self.device.type, self.dtype, enabled=self.dtype is not None)
+
+    @property
+    def check_every(self) -> int:
+        """Steps between a training loop's host syncs (divergence and signal checks, step timing): every
+        step on a CPU, where reading the loss costs nothing; every 25th on a GPU, where each read stalls
+        the queue of launched kernels."""
+        return 1 if self.device.type == "cpu" else 25
 
     @property
     def is_main(self) -> bool:
@@ -102,6 +99,12 @@ class Runtime:
         out: list[object] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+
+def local(device_name: str, precision: str) -> Runtime:
+    """A one-process runtime (evaluation, prediction, comparison), whatever the environment says."""
+    device = pick_device(device_name)
+    return Runtime(device, autocast_dtype(device, precision))
 
 
 def setup(device_name: str, precision: str) -> Runtime:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from nin.config import Config
 from nin.errors import NinError
+from nin.guards import Diverged
 from nin.io import atomic_write_text
-from nin.train import Diverged, train
+from nin.train import train
 
 FAILED_BELOW = 0.5  # test accuracy under which a run counts as failed (chance is 0.1; d2l: 7 of 59 builds)
 

@@ -1,0 +1,228 @@
+"""The run directory: the one place that knows a run's files, writes them atomically, and keeps its record.
+
+A run directory holds everything one run made (the table `FILES`). A new run refuses a non-empty
+folder unless `force`, in which case every file of the old run is removed (`clear`) before the new run
+writes, so that nothing of it can pass for the new run's. Files the run does not know are the user's
+and stay.
+
+`run.json` is the run record: how the run was made (nin version and commit, command line, torch,
+device and CPU features, threads, processes, the precision that actually ran, start and end, wall
+time). A resumed run appends a session, so a run continued on another machine says so.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from nin.errors import NinError
+from nin.guards import Diverged, Stopped
+from nin.io import atomic_write_text
+
+# key -> (file name, what writes it)
+FILES = {
+    "checkpoint": ("checkpoint.pt", "nin train: weights, optimizer, position in the run, RNG states"),
+    "config": ("config.json", "nin train: the resolved settings"),
+    "record": ("run.json", "nin train: how the run was made, one entry per session"),
+    "metrics": ("metrics.jsonl", "nin train: one line of metrics per epoch"),
+    "curves": ("curves.png", "nin train: loss and accuracy per epoch"),
+    "confusion": ("confusion_matrix.png", "nin evaluate"),
+    "cam": ("cam.png", "nin cam: class activation maps"),
+    "report": ("report.html", "nin report"),
+    "compare_json": ("compare.json", "nin compare --out RUN_DIR"),
+    "compare_md": ("compare.md", "nin compare --out RUN_DIR"),
+    "compare_png": ("compare.png", "nin compare --out RUN_DIR"),
+}
+
+
+class RunDir:
+    """A run's folder. `run.file("curves")` is where its curves go; only rank 0 should write."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, key: str) -> Path:
+        return self.path / FILES[key][0]
+
+    @classmethod
+    def for_new_run(cls, path: Path, force: bool = False) -> RunDir:
+        """The folder of a new run, checked: missing, empty, or (with `force`) holding a run to replace.
+        Nothing is removed yet: `clear` does that once the run's settings and data have been checked."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise NinError(f"--out {path} is a file, not a directory")
+        if path.exists() and any(path.iterdir()) and not force:
+            raise NinError(f"{path} already exists and is not empty; choose another --out, or pass --force "
+                           "to replace the run in it")  # fmt: skip
+        return cls(path)
+
+    def clear(self) -> None:
+        """Remove every file of an earlier run here (so that none passes for the new run's); create the folder."""
+        for key in FILES:
+            self.file(key).unlink(missing_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def of(cls, path: Path) -> tuple[RunDir, Path]:
+        """A run directory or a checkpoint file -> (its run directory, its checkpoint file)."""
+        path = Path(path)
+        checkpoint = cls(path).file("checkpoint") if path.is_dir() else path
+        if not checkpoint.is_file():
+            raise NinError(
+                f"{checkpoint}: no such checkpoint; pass a run directory made by `nin train` or its "
+                f"{FILES['checkpoint'][0]}"
+            )
+        return cls(checkpoint.parent), checkpoint
+
+    def write_text(self, key: str, text: str) -> Path:
+        atomic_write_text(self.file(key), text)
+        return self.file(key)
+
+    def write_json(self, key: str, value: object) -> Path:
+        return self.write_text(key, json.dumps(value, indent=2) + "\n")
+
+    def read_json(self, key: str) -> object:
+        path = self.file(key)
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise NinError(f"{path}: not valid JSON ({e}); it was not written by nin, or was edited") from None
+
+    # the run record -----------------------------------------------------------------------------
+
+    def record(self) -> dict | None:
+        """The run record, or None for a run made before records existed (or not by nin train)."""
+        if not self.file("record").is_file():
+            return None
+        record = self.read_json("record")
+        if not isinstance(record, dict) or not isinstance(record.get("sessions"), list):
+            raise NinError(f"{self.file('record')}: not a nin run record (no 'sessions' list)")
+        return record
+
+    @contextmanager
+    def session(self, precision: str, world_size: int, device: str, history: list[dict]) -> Iterator[None]:
+        """Append this process's session to run.json (a new run starts the list) and complete it when
+        the block ends: when, its wall time, how it ended, and the epochs done by then (`len(history)`)."""
+        record = self.record() or {"sessions": []}
+        session = {
+            "command": command_line(),
+            "started": _now(),
+            "finished": None,
+            "wall_seconds": None,
+            "status": "running",
+            "epochs_before": len(history),
+            "epochs_after": None,
+            "precision": precision,
+            "world_size": world_size,
+            **provenance(device),
+        }
+        record["sessions"].append(session)
+        self.write_json("record", record)
+        start, status = time.perf_counter(), "failed"
+        try:
+            yield
+            status = "finished"
+        except Stopped:
+            status = "stopped"
+            raise
+        except Diverged:
+            status = "diverged"
+            raise
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            session.update(finished=_now(), wall_seconds=round(time.perf_counter() - start, 3), status=status,
+                           epochs_after=len(history))  # fmt: skip
+            self.write_json("record", record)
+
+
+def command_line() -> list[str]:
+    """How this process was started, as a person would type it (`nin ...` or `python -m nin ...`)."""
+    program = Path(sys.argv[0]).name
+    return [*(["python", "-m", "nin"] if program == "__main__.py" else [program]), *sys.argv[1:]]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def provenance(device: str) -> dict:
+    """What made a figure: nin's version and commit, Python, torch, the device and the CPU's features."""
+    import torch
+
+    from nin import __version__
+
+    info = {
+        "nin_version": __version__,
+        "nin_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        **cpu_info(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def cpu_info() -> dict:
+    """The CPU model and the features that decide its speed here: AVX2 (fp32), AVX-512 BF16 and AMX (bf16)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux
+        pass
+    return {
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "avx2": "avx2" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_bf16" in flags,
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout nin runs from, '+' marking uncommitted changes; None outside a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if commit.returncode:
+        return None
+    return commit.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+def describe(session: dict) -> str:
+    """One line: the machine and precision of a session, as docs cite it."""
+    machine = session.get("gpu") or session.get("cpu", "?")
+    features = [name for name in ("avx2", "avx512_bf16", "amx") if session.get(name)]
+    cores = f"{session.get('cpu_count')}-core " if not session.get("gpu") else ""
+    return (f"{cores}{machine}" + (f" ({', '.join(features)})" if features and not session.get("gpu") else "")
+            + f", {session['precision']}, {session['world_size']} process(es), torch {session['torch']}, "
+            f"nin {session['nin_version']} @ {session['nin_commit'] or 'unknown commit'}")  # fmt: skip
