@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test
+.PHONY: train test test-quick
 
 $(VENV)/installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,3 +21,7 @@ test: $(VENV)/installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# the quick tier for day-to-day work: no test that starts a process of its own
+test-quick: $(VENV)/installed
+	$(BIN)/python -m pytest -m "not slow"

@@ -12,6 +12,8 @@ import pytest
 from nin.cli import config_of, get_args_parser
 from nin.config import load_preset
 
+pytestmark = pytest.mark.slow  # runs the benchmark scripts in processes of their own
+
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench.py"
 
 

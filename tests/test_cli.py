@@ -27,6 +27,7 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in result.stderr
 
 
+@pytest.mark.slow  # a real process
 def test_help_lists_every_command():
     result = nin("--help")
     assert result.returncode == 0
@@ -50,6 +51,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib" or m in (
 """
 
 
+@pytest.mark.slow  # a real process
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["summary"], ["summary", "--preset", "fast"]])
 def test_help_and_summary_load_neither_matplotlib_nor_the_comparison_models(args):
     result = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True)
@@ -82,10 +84,12 @@ def test_summary(capsys):
     assert "per 28x28 image" in out and "(1, 10, 3, 3)" in out
 
 
+@pytest.mark.slow  # a real process
 def test_summary_resize_too_small_in_a_real_process():
     assert_clean_error(nin("summary", "--resize", "32"), "too small", "67x67")
 
 
+@pytest.mark.slow  # a real process
 def test_train_smoke_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--preset", "quick", "--epochs", "1", "--resize", "67", "--train-limit", "128",
@@ -108,12 +112,14 @@ def test_train_smoke_and_refuses_to_overwrite(tmp_path):
     assert nin(*args, "--force").returncode == 0
 
 
+@pytest.mark.slow  # a real process
 def test_out_that_is_a_file(tmp_path):
     (tmp_path / "taken").write_text("data")
     assert_clean_error(nin("train", "--out", str(tmp_path / "taken"), "--force"), "is a file, not a directory")
     assert (tmp_path / "taken").read_text() == "data"
 
 
+@pytest.mark.slow  # a real process
 def test_train_default_run_directory(tmp_path):
     result = nin("train", "--epochs", "1", "--train-limit", "64", "--test-limit", "32", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -159,12 +165,14 @@ def test_unknown_options_and_abbreviations_are_refused(capsys, args):
     assert e.value.code == 2 and "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real process
 def test_bad_data_dir(tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"junk")
     result = nin("train", "--resize", "67", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
     assert_clean_error(result, "train-images-idx3-ubyte.gz: not a readable gzip file")
 
 
+@pytest.mark.slow  # a real process
 def test_evaluate_and_predict(trained_run, tmp_path):
     result = nin("evaluate", str(trained_run), "--json", "--test-limit", "200", "--plot", str(tmp_path / "cm.png"))
     assert result.returncode == 0, result.stderr
@@ -191,6 +199,7 @@ def test_evaluate_and_predict(trained_run, tmp_path):
     assert len(json.loads(nin("predict", str(trained_run), str(png), "--json").stdout)[0]["top"]) == 3
 
 
+@pytest.mark.slow  # a real process
 def test_bad_image_and_foreign_checkpoint_in_a_real_process(trained_run, tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     assert_clean_error(nin("predict", str(trained_run), str(tmp_path / "notes.png")), "cannot read it as an image")
@@ -198,6 +207,7 @@ def test_bad_image_and_foreign_checkpoint_in_a_real_process(trained_run, tmp_pat
     assert_clean_error(nin("evaluate", str(tmp_path / "other.pt")), "not a nin checkpoint")
 
 
+@pytest.mark.slow  # a real process
 def test_module_and_console_script_agree():
     assert (
         nin("summary").stdout

@@ -10,6 +10,8 @@ import torch
 from nin.config import from_dict
 from nin.train import init_model
 
+pytestmark = pytest.mark.slow  # torchrun launches
+
 # Plain SGD (d2l's optimizer) and dropout 0: each rank draws its own dropout masks, which cannot match
 # the masks one process draws for the whole batch; everything else (data order, batch split, gradient
 # average) is exact. 160 images in batches of 96: per epoch a full batch split 48 + 48 and a last batch

@@ -15,6 +15,8 @@ from nin.cli import main
 from nin.errors import NinError
 from nin.evaluate import evaluate
 
+pytestmark = pytest.mark.slow  # training processes killed and resumed
+
 # 10 steps per epoch, dropout and augmentation on (their RNG state must survive the restart), an lr
 # schedule (a function of the step), a validation split, a checkpoint every 2 steps
 RUN = ["--preset", "quick", "--resize", "67",
