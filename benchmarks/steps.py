@@ -4,11 +4,11 @@
     python benchmarks/steps.py --widths 4 --steps 2 --repeats 1   # seconds (used by the tests)
     python benchmarks/steps.py --precision bf16     # bf16 autocast, as `nin train` (auto: its choice here)
 
-One step is forward, backward and an SGD update on a random batch (default 64, the fast preset's;
-speed does not depend on the pixel values). Each variant's images/sec is the median step over
-`--steps` timed steps (after 3 warm-up steps); repeats are interleaved across variants, and min /
-median / max over the repeats are printed, so a busy moment on a shared machine shows up as spread
-instead of a wrong ratio.
+One step is `nin train`'s own (`nin.step.train_step`: forward, loss, backward, SGD update, metrics) on a
+random batch (default 64, the fast preset's; speed does not depend on the pixel values). Each variant's
+images/sec is the median step over `--steps` timed steps (after 3 warm-up steps); repeats are
+interleaved across variants, and min / median / max over the repeats are printed, so a busy moment on
+a shared machine shows up as spread instead of a wrong ratio.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from nin.config import PRECISIONS
 from nin.model import NiN, init_kaiming, layer_summary
-from nin.runtime import autocast_dtype
+from nin.runtime import Runtime, local
+from nin.step import EpochState, train_step
 
 
 def variant(width: int, batch_norm: bool) -> NiN:
@@ -30,20 +30,17 @@ def variant(width: int, batch_norm: bool) -> NiN:
     return NiN(dropout=0.0, blocks=blocks, pool=2, batch_norm=batch_norm).apply(init_kaiming)
 
 
-def images_per_sec(net: NiN, channels_last: bool, batch: int, steps: int, dtype: torch.dtype | None) -> float:
+def images_per_sec(net: NiN, channels_last: bool, batch: int, steps: int, rt: Runtime) -> float:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
+    state = EpochState.start(rt.device)
     times = []
     for i in range(3 + steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype, enabled=dtype is not None):  # as nin train does
-            loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(net, optimizer, x, y, rt, state)
         if i >= 3:
             times.append(time.perf_counter() - t)
     return batch / statistics.median(times)
@@ -59,13 +56,12 @@ def main() -> None:
     args = parser.parse_args()
     cases = [(w, bn, cl) for w in args.widths for bn, cl in ((True, True), (True, False), (False, True))]
     results: dict[tuple, list[float]] = {case: [] for case in cases}
-    dtype = autocast_dtype(torch.device("cpu"), args.precision)
+    rt = local("cpu", args.precision)  # the precision `nin train` would run here
     for _ in range(args.repeats):
         for w, bn, cl in cases:
             torch.manual_seed(0)
-            results[(w, bn, cl)].append(images_per_sec(variant(w, bn), cl, args.batch, args.steps, dtype))
-    precision = "bf16" if dtype else "fp32"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {precision}, 28x28")
+            results[(w, bn, cl)].append(images_per_sec(variant(w, bn), cl, args.batch, args.steps, rt))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {rt.precision}, 28x28")
     print(f"{'width':>5} {'BatchNorm':>9} {'layout':>6} {'MMAC/img':>9}   images/sec min / median / max")
     for (w, bn, cl), values in results.items():
         macs = sum(r["macs"] for r in layer_summary(variant(w, bn), 28)) / 1e6

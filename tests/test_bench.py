@@ -56,3 +56,16 @@ def test_best_preset_is_the_candidate_the_gpu_script_chose():
     chosen = re.search(r'\[w128-erase-30\]="([^"]*)"', script).group(1)
     args = get_args_parser().parse_args(["train", *best.split(), *chosen.split()])
     assert config_of(args)[0] == load_preset("best")  # args name no preset: on top of the default, fast
+
+
+def test_precision_benchmark_prints_both_precisions_and_the_ratio():
+    script = Path(__file__).parents[1] / "benchmarks" / "precision.py"
+    result = subprocess.run([sys.executable, str(script), "--resize", "67", "--batch", "8", "--steps", "1",
+                             "--repeats", "2"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("seed NiN, batch 8 at 67x67, 1 steps x 2 repeats;")
+    fp32, bf16 = (re.findall(r"[\d,.]+", line.split(maxsplit=1)[1]) for line in lines[2:4])
+    ratio = re.findall(r"[\d.]+", lines[4].removeprefix("bf16 / fp32"))
+    assert lines[2].startswith("fp32 ") and lines[3].startswith("bf16 ") and len(fp32) == len(bf16) == 3
+    assert all(float(v.replace(",", "")) > 0 for v in fp32 + bf16) and len(ratio) == 3
