@@ -69,3 +69,14 @@ def test_precision_benchmark_prints_both_precisions_and_the_ratio():
     ratio = re.findall(r"[\d.]+", lines[4].removeprefix("bf16 / fp32"))
     assert lines[2].startswith("fp32 ") and lines[3].startswith("bf16 ") and len(fp32) == len(bf16) == 3
     assert all(float(v.replace(",", "")) > 0 for v in fp32 + bf16) and len(ratio) == 3
+
+
+def test_guard_benchmark_prints_both_loops_and_the_cost():
+    script = Path(__file__).parents[1] / "benchmarks" / "guard.py"
+    result = subprocess.run([sys.executable, str(script), "--steps", "2", "--rounds", "2", "--batch", "8"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("nin-bn width 16, batch 8, cpu") and "2 rounds of 2 steps" in lines[0]
+    assert [line[:16].strip() for line in lines[1:]] == ["no read", "read every step", "read cost"]
+    assert all(len(line[16:].split(" / ")) == 3 for line in lines[1:])
