@@ -92,18 +92,18 @@ def test_from_dict_names_the_source():
 class Extended(Config):
     """Config with the kinds of field a later feature may add."""
 
-    sync_bn: bool = dataclasses.field(default=False, metadata={"help": "a switch"})
+    pin_memory: bool = dataclasses.field(default=False, metadata={"help": "a switch"})
     max_steps: int | None = dataclasses.field(default=None, metadata={"help": "a number, or none"})
 
 
 def test_field_types_come_from_the_type_hints():
     types = field_types(Extended)
-    assert (types["sync_bn"], types["max_steps"], types["lr"], types["arch"]) == (
+    assert (types["pin_memory"], types["max_steps"], types["lr"], types["arch"]) == (
         (bool, False), (int, True), (float, False), (str, False))  # fmt: skip
-    assert from_dict({"sync_bn": True, "max_steps": None}, cls=Extended) == Extended(sync_bn=True)
+    assert from_dict({"pin_memory": True, "max_steps": None}, cls=Extended) == Extended(pin_memory=True)
     loaded = from_dict({"max_steps": 7, "lr": 1}, cls=Extended)
     assert loaded.max_steps == 7 and loaded.lr == 1.0 and isinstance(loaded.lr, float)
-    for values, message in (({"sync_bn": 1}, "sync_bn should be bool"), ({"max_steps": 1.5}, "int or None"),
+    for values, message in (({"pin_memory": 1}, "pin_memory should be bool"), ({"max_steps": 1.5}, "int or None"),
                             ({"max_steps": True}, "int or None"), ({"lr": None}, "lr should be float,")):  # fmt: skip
         with pytest.raises(NinError, match=message):
             from_dict(values, cls=Extended)
@@ -112,7 +112,7 @@ def test_field_types_come_from_the_type_hints():
 def test_flags_come_from_the_type_hints():
     parser = argparse.ArgumentParser()
     add_config_flags(parser, Extended)
-    given = vars(parser.parse_args(["--sync-bn", "--max-steps", "none", "--lr", "0.1", "--arch", "nin-bn"]))
-    assert given == {"sync_bn": True, "max_steps": None, "lr": 0.1, "arch": "nin-bn"}
-    assert vars(parser.parse_args(["--no-sync-bn", "--max-steps", "3"])) == {"sync_bn": False, "max_steps": 3}
+    given = vars(parser.parse_args(["--pin-memory", "--max-steps", "none", "--lr", "0.1", "--arch", "nin-bn"]))
+    assert given == {"pin_memory": True, "max_steps": None, "lr": 0.1, "arch": "nin-bn"}
+    assert vars(parser.parse_args(["--no-pin-memory", "--max-steps", "3"])) == {"pin_memory": False, "max_steps": 3}
     assert vars(parser.parse_args([])) == {}  # a flag not given overrides nothing

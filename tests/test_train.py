@@ -15,6 +15,7 @@ from nin.config import Config
 from nin.errors import NinError
 from nin.evaluate import evaluate_accuracy
 from nin.guards import Stopped, chance_plateau
+from nin.run import RunDir
 from nin.train import learning_rate, train
 
 
@@ -185,3 +186,51 @@ def test_a_loss_explosion_stops_the_run_before_it_turns_nan(tmp_path, monkeypatc
     config = Config(**{**SHORT, "epochs": 1, "train_limit": 256, "test_limit": 100})
     with pytest.raises(NinError, match=r"loss jumped to \d+\.\d \(chance level is 2.30\) at epoch 1, step 1"):
         train(config, tmp_path)
+
+
+def test_auto_resume_starts_continues_and_refuses(tmp_path, monkeypatch):
+    """--auto-resume (what torchrun's restarts need): nothing there -> start; an unfinished run with these
+    settings -> continue exactly; a finished run, or other settings -> one clear error."""
+    config = Config(**{**SHORT, "train_limit": 64, "test_limit": 100})
+    reference = train(config, tmp_path / "reference")
+    run = tmp_path / "run"
+    real = train_module.evaluate_accuracy
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "evaluate_accuracy", signalled)
+        with pytest.raises(Stopped):
+            train(config, run, auto_resume=True)  # nothing there: starts
+    with pytest.raises(NinError, match=r"other settings \(lr 0\.005 there, 0\.01 here\).*--force"):
+        train(Config(**{**config.to_dict(), "lr": 0.01}), run, auto_resume=True)
+    history = train(config, run, auto_resume=True)  # continues
+    strip = lambda h: [{k: v for k, v in m.items() if "sec" not in k} for m in h]  # noqa: E731
+    assert strip(history) == strip(reference)
+    assert all(torch.equal(a, b) for a, b in zip(weights(run), weights(tmp_path / "reference")))
+    with pytest.raises(NinError, match="holds a finished run"):
+        train(config, run, auto_resume=True)
+
+
+def test_auto_resume_restarts_a_run_that_died_before_its_first_checkpoint(tmp_path, monkeypatch):
+    config = Config(**{**SHORT, "epochs": 1, "train_limit": 64, "test_limit": 100})
+    with monkeypatch.context() as m:  # dies in its first step, before any checkpoint
+        m.setattr(train_module, "train_step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path, auto_resume=True)
+    assert not (tmp_path / "checkpoint.pt").exists() and (tmp_path / "config.json").exists()
+    train(config, tmp_path, auto_resume=True)
+    first, second = RunDir(tmp_path).record()["sessions"]  # the record of the same run goes on
+    assert (first["status"], second["status"]) == ("interrupted", "finished")
+    other = tmp_path / "other"  # no run, but a file of the user's: not a folder to start a run in
+    other.mkdir()
+    (other / "mine.txt").write_text("mine")
+    with pytest.raises(NinError, match="not empty"):
+        train(config, other, auto_resume=True)
+    assert [p.name for p in other.iterdir()] == ["mine.txt"]
+
+
+def weights(run) -> list:
+    return list(torch.load(run / "checkpoint.pt", weights_only=True)["model"].values())

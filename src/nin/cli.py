@@ -48,6 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
     p.add_argument("--force", action="store_true", help="replace the run in a non-empty --out (its files are removed)")
+    p.add_argument("--auto-resume", action="store_true", help="continue the unfinished run with these settings in "
+                   "--out, or start it if --out holds none (for torchrun --max-restarts)")  # fmt: skip
     _add_data_dir(p)
 
     p = commands.add_parser(
@@ -215,19 +217,27 @@ def summary(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from nin.guards import Stopped
+    from nin.runtime import is_main_process
     from nin.train import train as run_training
 
+    if args.auto_resume and (args.resume or args.force):
+        raise NinError("--auto-resume decides by itself whether to continue; drop --resume / --force")
+    if args.auto_resume and not args.out:
+        raise NinError("--auto-resume needs --out: the run directory to continue or start")
     config, out = (_resumed_config(args), args.resume) if args.resume else _new_run(args)
     try:
-        run_training(config, out, args.data_dir, resume=bool(args.resume), force=args.force)
+        run_training(config, out, args.data_dir, resume=bool(args.resume), force=args.force,
+                     auto_resume=args.auto_resume)  # fmt: skip
     except Stopped as e:
-        print(f"nin: {e}", file=sys.stderr)
+        if is_main_process():  # every rank stopped at the same step; rank 0 says so
+            print(f"nin: {e}", file=sys.stderr)
         return 128 + e.signum
     return 0
 
 
 def sweep(args: argparse.Namespace) -> int:
     from nin.guards import Stopped
+    from nin.runtime import is_main_process
     from nin.sweep import sweep as run_sweep
 
     config, out = _new_run(args, prefix="sweep-")
@@ -238,6 +248,8 @@ def sweep(args: argparse.Namespace) -> int:
     except Stopped as e:
         print(f"nin: {e}", file=sys.stderr)
         return 128 + e.signum
+    if not is_main_process():  # under torchrun, rank 0 alone reports
+        return 0
     if "median" in result:
         print(f"test accuracy over {args.seeds} seeds: min {result['min']:.4f}, median {result['median']:.4f}, "
               f"max {result['max']:.4f}")  # fmt: skip
@@ -259,8 +271,11 @@ def config_of(args: argparse.Namespace) -> tuple[Config, str]:
 
 def _new_run(args: argparse.Namespace, prefix: str = "") -> tuple[Config, Path]:
     """The config and run directory of a new run."""
+    from nin.runtime import is_main_process
+
     config, name = config_of(args)
-    print(f"{'config ' + str(args.config) if args.config else 'preset ' + name}: "
+    if is_main_process():
+        print(f"{'config ' + str(args.config) if args.config else 'preset ' + name}: "
           + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))  # fmt: skip
     return config, args.out or _new_run_dir(prefix + name)
 

@@ -61,6 +61,9 @@ class Config:
     train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
     test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")
     val_split: int = _field(0, "hold out N training images (the same images for every seed) as a validation set")
+    sync_bn: bool = _field(
+        False, "nin-bn under torchrun: BatchNorm statistics over the whole global batch (SyncBatchNorm)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("resize", "epochs", "batch_size"):
@@ -82,6 +85,8 @@ class Config:
             raise NinError(f"val_split must be in [0, 60000): the training set has 60,000 images, got {self.val_split}")
         if self.weight_decay < 0:
             raise NinError(f"weight_decay must be 0 or positive, got {self.weight_decay}")
+        if self.sync_bn and self.arch != "nin-bn":
+            raise NinError(f"sync_bn normalises BatchNorm layers; the {self.arch} network has none (use --arch nin-bn)")
         if self.width < 1:
             raise NinError(f"width must be at least 1, got {self.width}")
         for name in ("train_limit", "test_limit", "checkpoint_every"):

@@ -67,10 +67,12 @@ class RunDir:
                            "to replace the run in it")  # fmt: skip
         return cls(path)
 
-    def clear(self) -> None:
-        """Remove every file of an earlier run here (so that none passes for the new run's); create the folder."""
+    def clear(self, keep_record: bool = False) -> None:
+        """Remove every file of an earlier run here (so that none passes for the new run's), but the run
+        record if `keep_record` (a restart of the same run); create the folder."""
         for key in FILES:
-            self.file(key).unlink(missing_ok=True)
+            if not (keep_record and key == "record"):
+                self.file(key).unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -113,8 +115,12 @@ class RunDir:
     @contextmanager
     def session(self, precision: str, world_size: int, device: str, history: list[dict]) -> Iterator[None]:
         """Append this process's session to run.json (a new run starts the list) and complete it when
-        the block ends: when, its wall time, how it ended, and the epochs done by then (`len(history)`)."""
+        the block ends: when, its wall time, how it ended, and the epochs done by then (`len(history)`).
+        A session still marked running when the next one starts died without a word (SIGKILL)."""
         record = self.record() or {"sessions": []}
+        for earlier in record["sessions"]:
+            if earlier["status"] == "running":  # one writer at a time: it ended without a word (killed)
+                earlier["status"] = "died"
         session = {
             "command": command_line(),
             "started": _now(),
@@ -125,6 +131,10 @@ class RunDir:
             "epochs_after": None,
             "precision": precision,
             "world_size": world_size,
+            # torchrun's count of the times it restarted the job's workers (None outside torchrun)
+            "elastic_restart": int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+            if "TORCHELASTIC_RESTART_COUNT" in os.environ
+            else None,
             **provenance(device),
         }
         record["sessions"].append(session)

@@ -6,14 +6,23 @@ runs the same program on its shard of each batch, and DistributedDataParallel av
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from nin.errors import NinError
+
+# How long a rank waits in a collective for the others: past it, a rank whose peer hung (or died
+# without closing its connection) stops with an error instead of waiting forever. Long enough for
+# rank 0's checkpoint and plot writes and an uneven evaluation; NIN_COLLECTIVE_TIMEOUT (seconds) sets it.
+COLLECTIVE_TIMEOUT = 600
 
 
 def pick_device(name: str) -> torch.device:
@@ -92,6 +101,20 @@ class Runtime:
         dist.all_reduce(t)
         return t.tolist()
 
+    @contextmanager
+    def peers_answer(self) -> Iterator[None]:
+        """Within the block, a collective that fails (another rank died, or stopped answering for the
+        collective timeout) ends this rank too, with one clear error instead of a traceback."""
+        try:
+            yield
+        except RuntimeError as e:
+            if self.world_size == 1 or not any(w in str(e) for w in ("gloo", "nccl", "NCCL", "Timed out")):
+                raise
+            first = str(e).strip().splitlines()[0][:200]
+            raise NinError(f"rank {self.rank}: a collective with the other processes failed ({first}): another "
+                           f"rank died or stopped answering for {collective_timeout():g} s "
+                           "(NIN_COLLECTIVE_TIMEOUT); this rank stops too") from None  # fmt: skip
+
     def gather(self, obj: object) -> list[object]:
         """Every rank's `obj`, in rank order."""
         if self.world_size == 1:
@@ -122,8 +145,94 @@ def setup(device_name: str, precision: str) -> Runtime:
     elif device.type != "cpu":
         raise NinError(f"distributed training runs on cpu (gloo) or cuda (nccl), not {device.type}")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        timeout = datetime.timedelta(seconds=collective_timeout())
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=_store(rank, world_size, timeout), rank=rank, world_size=world_size,
+                                timeout=timeout)  # fmt: skip
     return Runtime(device, autocast_dtype(device, precision), rank, world_size)
+
+
+def _store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's rendezvous store, its keys prefixed by the restart count. Workers that torchrun's
+    elastic agent restarts (--max-restarts) meet in the same store as the attempt before; without the
+    prefix, gloo reads the dead workers' addresses there and fails ("connectFullMesh failed ...
+    Connection refused")."""
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent_hosts and rank == 0, timeout=timeout)  # fmt: skip
+    return dist.PrefixStore(f"nin/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def collective_timeout() -> float:
+    value = os.environ.get("NIN_COLLECTIVE_TIMEOUT", str(COLLECTIVE_TIMEOUT))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise NinError(f"NIN_COLLECTIVE_TIMEOUT={value!r}: give a number of seconds, e.g. {COLLECTIVE_TIMEOUT}")
+    return seconds
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a process of its own: the one that prints and writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+class _AllSum(torch.autograd.Function):
+    """A tensor summed over all ranks; its gradient is the ranks' gradients summed the same way."""
+
+    @staticmethod
+    def forward(ctx: object, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the global batch of a torchrun job: each channel's mean and variance come from
+    every rank's slice, so N ranks normalise exactly as one process normalises the whole batch.
+
+    In training, two all-reduces per layer (the sums and counts, then the squared deviations from the
+    global mean: two passes, as accurate as one process's variance); in one process the same two passes
+    without them, so one process and N compute the same thing. In evaluation, plain BatchNorm with the
+    running statistics. PyTorch's own `nn.SyncBatchNorm` runs on GPUs only; this one runs wherever the
+    process group does (gloo on CPUs, nccl on GPUs). Same state_dict keys as nn.BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        total = _AllSum.apply if dist.is_initialized() and dist.get_world_size() > 1 else torch.clone
+        c, dims, shape = x.shape[1], (0, 2, 3), (1, -1, 1, 1)
+        x = x.float()  # statistics in fp32, as BatchNorm under autocast
+        sums = total(torch.cat([x.sum(dims), torch.full((1,), x.numel() / c, device=x.device)]))
+        n = sums[-1]
+        mean = sums[:c] / n
+        centred = x - mean.view(shape)
+        var = total((centred * centred).sum(dims)) / n
+        with torch.no_grad():  # the running statistics, as nn.BatchNorm2d keeps them (unbiased variance)
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def sync_batch_norm(net: nn.Module) -> nn.Module:
+    """`net` with every BatchNorm2d replaced by a SyncBatchNorm2d holding the same parameters and state."""
+    for parent in net.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.BatchNorm2d:
+                synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum).to(child.weight.device)
+                synced.load_state_dict(child.state_dict())
+                setattr(parent, name, synced)
+    return net
 
 
 def teardown() -> None:

@@ -17,6 +17,7 @@ from nin.config import Config
 from nin.errors import NinError
 from nin.guards import Diverged
 from nin.io import atomic_write_text
+from nin.runtime import is_main_process
 from nin.train import train
 
 FAILED_BELOW = 0.5  # test accuracy under which a run counts as failed (chance is 0.1; d2l: 7 of 59 builds)
@@ -26,6 +27,7 @@ def sweep(config: Config, seeds: int, out_dir: Path, data_dir: Path | None = Non
     """Train `config` with seeds 0..seeds-1, each in out_dir/seed-<n>; write and return sweep.json."""
     if seeds < 1:
         raise NinError(f"--seeds {seeds}: give the number of seeds to run, e.g. 20")
+    log = print if is_main_process() else lambda *a, **k: None  # under torchrun, rank 0 alone reports
     runs = []
     for seed in range(seeds):
         start = time.perf_counter()
@@ -35,7 +37,7 @@ def sweep(config: Config, seeds: int, out_dir: Path, data_dir: Path | None = Non
         except Diverged:  # the trainer stopped the run and said why
             acc, status = None, "diverged"
         runs.append({"seed": seed, "test_acc": acc, "status": status, "seconds": time.perf_counter() - start})
-        print(f"sweep: seed {seed}: {status}, test acc {acc if acc is None else f'{acc:.4f}'}", flush=True)
+        log(f"sweep: seed {seed}: {status}, test acc {acc if acc is None else f'{acc:.4f}'}", flush=True)
     accs = [r["test_acc"] for r in runs if r["test_acc"] is not None]
     result = {
         "config": config.to_dict(),
@@ -44,5 +46,6 @@ def sweep(config: Config, seeds: int, out_dir: Path, data_dir: Path | None = Non
         "failed_below": FAILED_BELOW,
         **({"min": min(accs), "median": statistics.median(accs), "max": max(accs)} if accs else {}),
     }
-    atomic_write_text(out_dir / "sweep.json", json.dumps(result, indent=2) + "\n")
+    if is_main_process():
+        atomic_write_text(out_dir / "sweep.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nin.checkpoint import load_checkpoint, save_checkpoint
-from nin.config import Config
+from nin.config import FIELDS, Config, from_dict
 from nin.data import Batches, augment, load_fashion_mnist, split
 from nin.errors import NinError
 from nin.evaluate import evaluate_accuracy
@@ -33,7 +33,7 @@ from nin.guards import StopOnSignal, blown, chance_plateau, diverged
 from nin.model import INITS, NiN, build, check_resize
 from nin.plots import plot_curves
 from nin.run import RunDir
-from nin.runtime import Runtime, setup, sync
+from nin.runtime import Runtime, setup, sync, sync_batch_norm
 from nin.step import EpochState, train_step
 
 
@@ -61,15 +61,23 @@ class _Loop:
 
 
 def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: bool = False,
-          force: bool = False) -> list[dict]:  # fmt: skip
+          force: bool = False, auto_resume: bool = False) -> list[dict]:  # fmt: skip
     """Train NiN as `config` says into the run directory `out_dir` (a new one, or with `force` a
-    replaced one), or continue the run there (`resume`); returns the per-epoch metrics."""
-    run = RunDir(out_dir) if resume else RunDir.for_new_run(out_dir, force)  # every rank checks, before they meet
+    replaced one), or continue the run there (`resume`; with `auto_resume`, if it holds an unfinished
+    run with these settings, else start one); returns the per-epoch metrics."""
+    run = RunDir(out_dir)
+    if auto_resume:  # every rank reads the folder before the ranks meet: rank 0 has written nothing yet
+        resume = continues(config, run)
+    elif not resume:
+        RunDir.for_new_run(out_dir, force)
     rt = setup(config.device, config.precision)
     if config.batch_size % rt.world_size:
         raise NinError(f"--batch-size {config.batch_size} (the global batch) does not divide among "
                        f"{rt.world_size} processes; use a multiple of {rt.world_size}")  # fmt: skip
-    net = init_model(config).to(rt.device, memory_format=torch.channels_last)
+    net = init_model(config)
+    if config.sync_bn:  # in one process the same arithmetic, so that 1 and N processes compare
+        net = sync_batch_norm(net)
+    net = net.to(rt.device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -92,11 +100,11 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
         log(f"resuming after epoch {position['epoch']}, step {position['step']}")
     if rt.is_main:  # the settings and data are good: only now may an old run be replaced
         if not resume:
-            run.clear()
+            run.clear(keep_record=auto_resume)  # a restart before the first checkpoint is the same run
         run.write_json("config", config.to_dict())
     start = time.perf_counter()
     session = run.session(rt.precision, rt.world_size, str(rt.device), history) if rt.is_main else nullcontext()
-    with session, StopOnSignal() as stop:
+    with rt.peers_answer(), session, StopOnSignal() as stop:
         loop = _Loop(config, run, rt, net, model, optimizer, train_iter, history, stop)
         for epoch in range(position["epoch"], config.epochs):
             epoch_start = time.perf_counter()
@@ -179,6 +187,31 @@ def _train_epoch(loop: _Loop, epoch: int, first_step: int, state: EpochState) ->
                 _checkpoint(loop, epoch, step + 1, state.saved(rt))
                 if stopping:
                     raise loop.stop.stopped(f"at epoch {epoch + 1}, step {step + 1}", loop.run.path)
+
+
+def continues(config: Config, run: RunDir) -> bool:
+    """For --auto-resume: True if `run` holds an unfinished run with `config`'s settings (continue it),
+    False if it holds none, or only the start of this one before its first checkpoint (start it).
+    A finished run, or one with other settings, is an error that names the settings that differ."""
+    checkpoint = run.file("checkpoint")
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        theirs, source = state["config"], checkpoint
+    elif run.file("config").is_file():
+        state, theirs, source = None, run.read_json("config"), run.file("config")
+    else:
+        RunDir.for_new_run(run.path)  # missing or empty, else the usual error
+        return False
+    theirs = from_dict(theirs, source=str(source))
+    differ = [f"{k} {getattr(theirs, k)!r} there, {getattr(config, k)!r} here" for k in FIELDS
+              if k != "device" and getattr(theirs, k) != getattr(config, k)]  # fmt: skip
+    if differ:
+        raise NinError(f"--auto-resume: {run.path} holds a run with other settings ({'; '.join(differ)}); "
+                       "use another --out, or --force to replace that run")  # fmt: skip
+    if state and state["position"]["epoch"] >= config.epochs:
+        raise NinError(f"--auto-resume: {run.path} holds a finished run (all {config.epochs} epochs); "
+                       "use another --out, or --force to replace it")  # fmt: skip
+    return state is not None
 
 
 def _batches(config: Config, data_dir: Path | None, rt: Runtime) -> tuple[Batches, Batches | None, Batches]:
