@@ -126,7 +126,8 @@ def test_two_nodes_on_one_machine_train_as_one_two_process_launch(runs, tmp_path
     assert [node.returncode for node in nodes] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
     ours, theirs = weights(out), weights(two)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    assert "training on cpu x 2 processes" in results[0][0] and "training on cpu" not in results[1][0]
+    # the rendezvous gives one of the two processes rank 0; it alone prints
+    assert sum("training on cpu x 2 processes" in stdout for stdout, _ in results) == 1
 
 
 # 10 steps of 96 per epoch, a checkpoint every 2: a worker can be killed mid-epoch after a checkpoint
