@@ -3,8 +3,11 @@ and vary, and the checker of a self-contained HTML page."""
 
 import base64
 import io
+import os
+import signal
 from html.parser import HTMLParser
 
+import pytest
 from PIL import Image
 
 # The seed's network at the smallest input it accepts, on 4,096 training images. NiN without
@@ -51,3 +54,21 @@ def check_page(path) -> Checker:
         with Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))) as png:
             assert png.format == "PNG"
     return checker
+
+
+def stopped_after_epoch_1(monkeypatch, run_training) -> None:
+    """Call `run_training()` with a SIGTERM arriving in epoch 1's evaluation: the run stops after epoch
+    1's checkpoint, as a scheduler's SIGTERM stops it."""
+    from nin import train as train_module
+    from nin.guards import Stopped
+
+    real = train_module.evaluate_accuracy
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "evaluate_accuracy", signalled)
+        with pytest.raises(Stopped):
+            run_training()

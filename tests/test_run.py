@@ -1,20 +1,16 @@
 """The run directory: one owner of a run's files, a --force that keeps nothing of the old run, and the
 run record (run.json) that says how each run was made."""
 
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import SHORT
-from nin import train as train_module
+from helpers import SHORT, stopped_after_epoch_1
 from nin.cli import main
 from nin.config import Config
 from nin.errors import NinError
-from nin.guards import Stopped
 from nin.run import FILES, RunDir
 from nin.train import train
 
@@ -60,16 +56,7 @@ def test_force_with_bad_settings_or_data_removes_nothing(tmp_path, capsys, bad):
 def test_run_record_has_a_session_per_process_that_worked_on_the_run(tmp_path, monkeypatch):
     """Stopped by SIGTERM after epoch 1, then resumed: two sessions, each saying how it ended."""
     config = Config(**{**SHORT, "train_limit": 64, "test_limit": 100})
-    real = train_module.evaluate_accuracy
-
-    def signalled(*args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    with monkeypatch.context() as m:
-        m.setattr(train_module, "evaluate_accuracy", signalled)
-        with pytest.raises(Stopped):
-            train(config, tmp_path)
+    stopped_after_epoch_1(monkeypatch, lambda: train(config, tmp_path))
     train(config, tmp_path, resume=True)
     first, second = RunDir(tmp_path).record()["sessions"]
     assert (first["status"], first["epochs_before"], first["epochs_after"]) == ("stopped", 0, 1)

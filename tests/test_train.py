@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import SHORT
+from helpers import SHORT, stopped_after_epoch_1
 from nin import step as step_module
 from nin import train as train_module
 from nin.checkpoint import load_checkpoint, model_from_checkpoint
@@ -194,16 +194,7 @@ def test_auto_resume_starts_continues_and_refuses(tmp_path, monkeypatch):
     config = Config(**{**SHORT, "train_limit": 64, "test_limit": 100})
     reference = train(config, tmp_path / "reference")
     run = tmp_path / "run"
-    real = train_module.evaluate_accuracy
-
-    def signalled(*args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    with monkeypatch.context() as m:
-        m.setattr(train_module, "evaluate_accuracy", signalled)
-        with pytest.raises(Stopped):
-            train(config, run, auto_resume=True)  # nothing there: starts
+    stopped_after_epoch_1(monkeypatch, lambda: train(config, run, auto_resume=True))  # nothing there: starts
     with pytest.raises(NinError, match=r"other settings \(lr 0\.005 there, 0\.01 here\).*--force"):
         train(Config(**{**config.to_dict(), "lr": 0.01}), run, auto_resume=True)
     history = train(config, run, auto_resume=True)  # continues
