@@ -8,7 +8,6 @@ and `report` call `load` and the `Run` method of the same name), so a run traine
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from nin.cam import cam as draw_class_maps
 from nin.checkpoint import load_checkpoint, model_from_state
 from nin.config import Config, from_dict, load_config, load_preset
 from nin.errors import NinError
+from nin.evaluate import Images
 from nin.evaluate import evaluate as evaluate_model
 from nin.evaluate import predict as predict_images
 from nin.model import NiN, layer_summary
@@ -27,7 +27,6 @@ from nin.run import RunDir, new_run_path
 from nin.train import train as train_loop
 
 DEFAULT_PRESET = "fast"
-Images = str | Path | Sequence[str | Path] | torch.Tensor  # image files, or uint8 images (N, 28, 28)
 
 
 @dataclass(eq=False, repr=False)

@@ -8,7 +8,6 @@ rebuilds such maps from a network's last features and its linear head; NiN outpu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 from nin.data import CLASS_NAMES, load_fashion_mnist, resize
 from nin.errors import NinError
-from nin.evaluate import load_images
+from nin.evaluate import Images, load_images
 from nin.model import MAX_RESIZE, NiN, feature_sizes
 from nin.plots import plot_cams
 
@@ -34,7 +33,7 @@ def cam(
     size: int,
     checkpoint: Path,
     out: Path,
-    images: str | Path | Sequence[str | Path] | torch.Tensor | None = None,
+    images: Images | None = None,
     test_samples: int = 0,
     data_dir: Path | None = None,
 ) -> list[dict]:

@@ -16,6 +16,8 @@ from nin.errors import NinError
 from nin.plots import plot_confusion
 from nin.runtime import Runtime, local
 
+Images = str | Path | Sequence[str | Path] | torch.Tensor  # image files, or uint8 images (N, 28, 28)
+
 
 def evaluate_accuracy(net: torch.nn.Module, batches: Batches, rt: Runtime | None = None) -> float:
     """Share of correctly classified examples, in eval mode (dropout off), in the runtime's precision,
@@ -97,7 +99,7 @@ def load_image(path: Path) -> torch.Tensor:
         raise NinError(f"{path}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
 
 
-def load_images(images: str | Path | Sequence[str | Path] | torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+def load_images(images: Images) -> tuple[torch.Tensor, list[str]]:
     """(uint8 (N, 28, 28) images, their names): image files (one or a list, read by `load_image`) named
     by their paths, or a uint8 tensor (N, 28, 28) of Fashion-MNIST-like images named 'image 0', 'image 1', ..."""
     if isinstance(images, torch.Tensor):
@@ -111,8 +113,7 @@ def load_images(images: str | Path | Sequence[str | Path] | torch.Tensor) -> tup
     return torch.stack([load_image(p) for p in paths]), [str(p) for p in paths]
 
 
-def predict(net: torch.nn.Module, size: int, images: str | Path | Sequence[str | Path] | torch.Tensor,
-            top: int = 3) -> list[dict]:  # fmt: skip
+def predict(net: torch.nn.Module, size: int, images: Images, top: int = 3) -> list[dict]:
     """Top-`top` classes with probabilities for each image (see `load_images`), resized to `size` as in training."""
     x, names = load_images(images)
     net.eval()
