@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test test-quick
+.PHONY: train test test-quick notebook
 
 $(VENV)/installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,8 @@ test: $(VENV)/installed
 # the quick tier for day-to-day work: no test that starts a process of its own
 test-quick: $(VENV)/installed
 	$(BIN)/python -m pytest -m "not slow"
+
+# the seed chapter as a notebook (notebooks/nin.ipynb), opened in JupyterLab: installs the notebook extra first
+notebook: $(VENV)/installed
+	$(BIN)/python -m pip install -q -e ".[notebook]"
+	$(BIN)/jupyter lab notebooks/nin.ipynb

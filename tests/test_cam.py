@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nin.cam import cam, class_maps
-from nin.checkpoint import model_from_checkpoint
+from nin.api import load
+from nin.cam import class_maps
 from nin.cli import main
 from nin.data import load_fashion_mnist, resize
 from nin.errors import NinError
@@ -29,8 +29,9 @@ def test_class_maps_are_what_the_network_pools():
 
 
 def test_cam_of_test_images(run_at_131, tmp_path):
-    result = cam(run_at_131, test_samples=3, out=tmp_path / "cam.png")
-    net, config = model_from_checkpoint(run_at_131)
+    run = load(run_at_131)
+    result = run.cam(test_samples=3, out=tmp_path / "cam.png")
+    net, config = run.model, run.config
     images, labels = load_fashion_mnist("test")
     with torch.inference_mode():
         probs = net(resize(images[:3], config.resize)).softmax(dim=1)
@@ -38,7 +39,7 @@ def test_cam_of_test_images(run_at_131, tmp_path):
         assert row["image"] == f"test image {i}"
         assert row["prob"] == pytest.approx(probs[i].max().item(), rel=1e-5)
         assert row["true_prob"] == pytest.approx(probs[i, labels[i]].item(), rel=1e-5)
-    cam(run_at_131, test_samples=1, out=tmp_path / "one.png")
+    run.cam(test_samples=1, out=tmp_path / "one.png")
     with Image.open(tmp_path / "cam.png") as three, Image.open(tmp_path / "one.png") as one:
         assert three.format == one.format == "PNG" and three.size[1] > 2.5 * one.size[1]  # a row per image
 
@@ -48,22 +49,23 @@ def test_cam_of_image_files_has_no_true_class(run_at_131, tmp_path):
     Image.fromarray(load_fashion_mnist("test")[0][0].numpy()).save(png)
     run = tmp_path / "run"
     shutil.copytree(run_at_131, run)
-    result = cam(run, [png])
+    result = load(run).cam([png])
     assert result["png"] == str(run / "cam.png") and (run / "cam.png").is_file()
     assert set(result["images"][0]) == {"image", "predicted", "prob"}
 
 
 def test_bad_requests(run_at_131, trained_run, tmp_path):
+    run = load(run_at_131)
     with pytest.raises(NinError, match="either image files or --test-samples"):
-        cam(run_at_131)
+        run.cam()
     with pytest.raises(NinError, match="either image files or --test-samples"):
-        cam(run_at_131, [tmp_path / "a.png"], test_samples=2)
+        run.cam([tmp_path / "a.png"], test_samples=2)
     with pytest.raises(NinError, match="at most 64 images"):
-        cam(run_at_131, test_samples=65)
+        run.cam(test_samples=65)
     with pytest.raises(NinError, match="--test-samples -1: give a number of test images, 1 to 64"):
-        cam(run_at_131, test_samples=-1)
+        run.cam(test_samples=-1)
     with pytest.raises(NinError, match="class maps are 1x1.*resize 99 or more"):
-        cam(trained_run, test_samples=2)  # trained at 67x67
+        load(trained_run).cam(test_samples=2)  # trained at 67x67
 
 
 def test_cli(run_at_131, tmp_path, capsys):

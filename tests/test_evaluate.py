@@ -4,16 +4,16 @@ import pytest
 import torch
 from PIL import Image
 
-from nin.checkpoint import model_from_checkpoint
+from nin.api import load
 from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
 from nin.errors import NinError
-from nin.evaluate import confusion_matrix, evaluate, load_image, predict
-from nin.train import evaluate_accuracy
+from nin.evaluate import confusion_matrix, evaluate_accuracy, load_image
 
 
 def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
-    result = evaluate(trained_run, device="cpu", test_limit=1000, plot=tmp_path / "cm.png")
-    net, config = model_from_checkpoint(trained_run)
+    run = load(trained_run)
+    result = run.evaluate(device="cpu", test_limit=1000, plot=tmp_path / "cm.png")
+    net, config = run.model, run.config
     images, labels = load_fashion_mnist("test")
     expected = evaluate_accuracy(net, Batches(images[:1000], labels[:1000], 128, config.resize, torch.device("cpu")))
     assert result["test_acc"] == pytest.approx(expected, abs=1e-9)
@@ -30,7 +30,8 @@ def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
 
 
 def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(trained_run, tmp_path):
-    net, config = model_from_checkpoint(trained_run)
+    run = load(trained_run)
+    net, config = run.model, run.config
     images, labels = load_fashion_mnist("test")
     batches = Batches(images[:500], labels[:500], 100, config.resize, torch.device("cpu"))
     net.eval()
@@ -40,7 +41,7 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(traine
     matrix = confusion_matrix(net, batches, tta=True)
     assert torch.equal(matrix, torch.bincount(labels[:500] * 10 + expected, minlength=100).reshape(10, 10))
     assert not torch.equal(matrix, confusion_matrix(net, batches))  # the mirror images change some answers
-    result = evaluate(trained_run, device="cpu", test_limit=500, plot=tmp_path / "cm.png", tta=True)
+    result = run.evaluate(device="cpu", test_limit=500, plot=tmp_path / "cm.png", tta=True)
     assert result["tta"] and result["test_acc"] == pytest.approx(matrix.diag().sum().item() / 500, abs=1e-9)
 
 
@@ -51,8 +52,9 @@ def test_predict_on_pngs_written_from_real_test_images(trained_run, tmp_path):
         path = tmp_path / f"test{i}.png"
         Image.fromarray(images[i].numpy()).save(path)
         paths.append(path)
-    results = predict(trained_run, paths)
-    net, config = model_from_checkpoint(trained_run)
+    run = load(trained_run)
+    results = run.predict(paths)
+    net, config = run.model, run.config
     with torch.inference_mode():
         probs = net(resize(images[:8], config.resize)).softmax(dim=1)
     for r, p in zip(results, probs):
@@ -75,27 +77,27 @@ def test_unreadable_images_give_one_clear_error(trained_run, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(NinError, match="notes.png: cannot read it as an image"):
-        predict(trained_run, [text])
+        load(trained_run).predict([text])
     with pytest.raises(NinError, match="missing.png: no such image file"):
-        predict(trained_run, [tmp_path / "missing.png"])
+        load(trained_run).predict([tmp_path / "missing.png"])
 
 
 def test_checkpoints_that_are_not_ours(trained_run, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(NinError, match="not a nin checkpoint"):
-        evaluate(foreign)
+        load(foreign)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((trained_run / "checkpoint.pt").read_bytes()[:5000])
     with pytest.raises(NinError, match="not a readable nin checkpoint"):
-        evaluate(truncated)
+        load(truncated)
     pickled = tmp_path / "code.pt"
     torch.save({"format": "nin-checkpoint-v2", "evil": object()}, pickled)
     with pytest.raises(NinError, match="not a readable nin checkpoint"):  # weights_only refuses arbitrary objects
-        evaluate(pickled)
+        load(pickled)
     older = tmp_path / "older.pt"
     torch.save({**torch.load(trained_run / "checkpoint.pt", weights_only=True), "format": "nin-checkpoint-v1"}, older)
     with pytest.raises(NinError, match="nin-checkpoint-v1 checkpoint from another version of nin"):
-        evaluate(older)
+        load(older)
     with pytest.raises(NinError, match="no such checkpoint"):
-        evaluate(tmp_path / "nothing-here")
+        load(tmp_path / "nothing-here")

@@ -60,11 +60,12 @@ def test_state_dict_moves_both_ways_with_identical_outputs(direction):
 
 def test_a_trained_checkpoint_loads_into_the_seeds_sequential(trained_run):
     """The README's recipe: a `nin train` checkpoint's weights in the notebook's own nn.Sequential."""
-    from nin.checkpoint import model_from_checkpoint
+    from nin.api import load
 
     seed = seed_nin.seed_net().eval()
     seed.load_state_dict(torch.load(trained_run / "checkpoint.pt", map_location="cpu", weights_only=True)["model"])
-    ours, config = model_from_checkpoint(trained_run)
+    run = load(trained_run)
+    ours, config = run.model, run.config
     x = torch.rand(4, 1, config.resize, config.resize)
     with torch.no_grad():
         assert torch.equal(seed(x), ours(x))

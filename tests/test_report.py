@@ -3,14 +3,14 @@
 import shutil
 
 from helpers import check_page
+from nin.api import load
 from nin.cli import main
-from nin.report import report
 
 
 def test_report_of_a_run_with_class_maps(run_at_131, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_at_131, run)
-    page = report(run, test_limit=200)
+    page = load(run).report(test_limit=200)
     assert page == run / "report.html"
     checker = check_page(page)
     alts = [img["alt"] for img in checker.images]

@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
+from nin.api import load
 from nin.cli import main
 from nin.errors import NinError
-from nin.evaluate import evaluate
 
 pytestmark = pytest.mark.slow  # training processes killed and resumed
 
@@ -117,7 +117,7 @@ def test_flipped_bytes_in_a_checkpoint_give_one_clear_error(reference, tmp_path,
     damaged = tmp_path / "checkpoint.pt"
     damaged.write_bytes(bytes(data))
     with pytest.raises(NinError, match=r"checkpoint\.pt: (not a readable|damaged) nin checkpoint"):
-        evaluate(damaged, test_limit=10)
+        load(damaged)
 
 
 def test_a_changed_weight_fails_the_checksum(reference, tmp_path):
@@ -125,7 +125,7 @@ def test_a_changed_weight_fails_the_checksum(reference, tmp_path):
     next(iter(state["model"].values())).view(-1)[0] += 1  # a well-formed file whose contents were altered
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(NinError, match=r"damaged nin checkpoint \(its contents do not match their SHA-256\)"):
-        evaluate(tmp_path, test_limit=10)
+        load(tmp_path)
 
 
 def test_truncated_checkpoint_in_resume(tmp_path, reference, capsys):

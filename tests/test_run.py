@@ -1,6 +1,7 @@
 """The run directory: one owner of a run's files, a --force that keeps nothing of the old run, and the
 run record (run.json) that says how each run was made."""
 
+import importlib
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from nin.config import Config
 from nin.errors import NinError
 from nin.run import FILES, RunDir
 from nin.train import train
+
+train_module = importlib.import_module("nin.train")  # `nin.train` is the API's function
 
 TINY = ["train", "--preset", "quick", "--epochs", "1", "--resize", "67", "--train-limit", "64", "--test-limit", "32",
         "--device", "cpu", "--precision", "fp32"]  # fmt: skip

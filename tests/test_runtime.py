@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import SHORT
-from nin.checkpoint import model_from_checkpoint
+from nin.api import load
 from nin.cli import keep_freed_memory
 from nin.config import Config
 from nin.data import load_fashion_mnist, resize
@@ -42,7 +42,8 @@ def test_bf16_channels_last_agrees_with_fp32_nchw_on_real_images(trained_run):
     """The trained network on 500 real test images: fp32 NCHW (the seed's path) vs bf16 autocast with
     channels_last (ours where bf16 is native). bf16 keeps 8 bits of mantissa (relative error ~0.4% per
     rounding), so logits may differ by a few percent of their range; predictions must agree on >= 98%."""
-    net, config = model_from_checkpoint(trained_run)
+    run = load(trained_run)
+    net, config = run.model, run.config
     images, _ = load_fashion_mnist("test")
     x = resize(images[:500], config.resize)
     with torch.inference_mode():

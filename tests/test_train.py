@@ -1,3 +1,4 @@
+import importlib
 import json
 import math
 import os
@@ -9,14 +10,16 @@ from PIL import Image
 
 from helpers import SHORT, stopped_after_epoch_1
 from nin import step as step_module
-from nin import train as train_module
-from nin.checkpoint import load_checkpoint, model_from_checkpoint
+from nin.api import load
+from nin.checkpoint import load_checkpoint
 from nin.config import Config
 from nin.errors import NinError
 from nin.evaluate import evaluate_accuracy
 from nin.guards import Stopped, chance_plateau
 from nin.run import RunDir
 from nin.train import learning_rate, train
+
+train_module = importlib.import_module("nin.train")  # `nin.train` is the API's function
 
 
 def test_short_training_lowers_the_loss_and_beats_chance(trained_run):
@@ -49,7 +52,8 @@ def test_checkpoint_round_trip(trained_run):
     assert state["config"] == Config(**SHORT).to_dict()
     assert set(state) >= {"model", "optimizer", "rng", "metrics"}
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
-    net, config = model_from_checkpoint(trained_run)
+    run = load(trained_run)
+    net, config = run.model, run.config
     assert not net.training and config == Config(**SHORT)
     for key, value in state["model"].items():
         assert torch.equal(net.state_dict()[key], value)
@@ -176,7 +180,8 @@ def test_nin_bn_with_the_new_ingredients_learns_and_reports_val_acc(tmp_path, ca
     assert "2048 training / 1000 validation / 1000 test images at 28x28" in capsys.readouterr().out
     assert [set(m) >= {"val_acc", "test_acc"} for m in history] == [True, True]
     assert history[-1]["val_acc"] > 0.6 and history[-1]["test_acc"] > 0.6  # chance is 0.1
-    net, loaded = model_from_checkpoint(tmp_path)
+    run = load(tmp_path)
+    net, loaded = run.model, run.config
     assert loaded == config and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
 
 

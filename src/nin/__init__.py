@@ -1,7 +1,39 @@
-"""nin: d2l's Network in Network on Fashion-MNIST, faithful and fast."""
+"""nin: d2l's Network in Network on Fashion-MNIST, faithful and fast.
 
+The public API is `__all__`, documented in docs/api.md; the `nin` command is built on it. Everything else
+is internal and may change.
+
+>>> import nin
+>>> run = nin.train("fast", out="runs/fast")
+>>> run.test_acc
+0.9213
+"""
+
+# `nin.train` is the API's function, and the training loop's module has the same name, nin/train.py.
+# Python sets a package's attribute to a submodule when the submodule is first imported: nin.api imports
+# that module, and the import below then binds `nin.train` to the function, for good. Reach the module
+# with `from nin.train import ...` or importlib.import_module("nin.train").
+from nin.api import Run, build_model, load, train
+from nin.config import Config, load_preset, presets
 from nin.data import CLASS_NAMES, load_fashion_mnist
-from nin.model import NiN, init_weights, nin_block
+from nin.errors import NinError
+from nin.model import NiN, init_weights, layer_summary, nin_block, nin_bn
 
-__all__ = ["CLASS_NAMES", "NiN", "init_weights", "load_fashion_mnist", "nin_block"]
+__all__ = [
+    "CLASS_NAMES",
+    "Config",
+    "NiN",
+    "NinError",
+    "Run",
+    "build_model",
+    "init_weights",
+    "layer_summary",
+    "load",
+    "load_fashion_mnist",
+    "load_preset",
+    "nin_block",
+    "nin_bn",
+    "presets",
+    "train",
+]
 __version__ = "0.1.0"

@@ -13,13 +13,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nin.checkpoint import model_from_checkpoint
 from nin.data import CLASS_NAMES, load_fashion_mnist, resize
 from nin.errors import NinError
-from nin.evaluate import load_image
+from nin.evaluate import Images, load_images
 from nin.model import MAX_RESIZE, NiN, feature_sizes
 from nin.plots import plot_cams
-from nin.run import RunDir
 
 MAX_IMAGES = 64  # rows of one readable PNG
 
@@ -31,33 +29,32 @@ def class_maps(net: NiN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def cam(
-    path: Path,
-    image_paths: list[Path] = (),
+    net: NiN,
+    size: int,
+    checkpoint: Path,
+    out: Path,
+    images: Images | None = None,
     test_samples: int = 0,
     data_dir: Path | None = None,
-    out: Path | None = None,
-) -> dict:
-    """Class maps for image files, or for the first `test_samples` test images (whose true class is known),
-    drawn as heat maps over the input for the predicted and the true class into one PNG grid
-    (default: the run directory's cam.png)."""
-    if bool(image_paths) == bool(test_samples):
+) -> list[dict]:
+    """Class maps of `net` (trained at `size`, from `checkpoint`) for `images` (files or a uint8 tensor: see
+    `load_images`), or for the first `test_samples` test images (whose true class is known), drawn as heat
+    maps over the input for the predicted and the true class into the PNG grid `out`; returns each image's
+    prediction."""
+    if (images is None) == (not test_samples):
         raise NinError("give either image files or --test-samples N, not both and not neither")
     if test_samples < 0:
         raise NinError(f"--test-samples {test_samples}: give a number of test images, 1 to {MAX_IMAGES}")
-    if test_samples > MAX_IMAGES or len(image_paths) > MAX_IMAGES:
-        raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
-    run, checkpoint = RunDir.of(path)
-    net, config = model_from_checkpoint(checkpoint)
-    check_maps(net, checkpoint, config.resize)
-    if image_paths:
-        images, labels, names = torch.stack([load_image(p) for p in image_paths]), None, [str(p) for p in image_paths]
+    check_maps(net, checkpoint, size)
+    if images is not None:
+        (x, names), labels = load_images(images), None
     else:
-        images, labels = load_fashion_mnist("test", data_dir)
-        images, labels = images[:test_samples], labels[:test_samples]
+        x, labels = load_fashion_mnist("test", data_dir)
+        x, labels = x[:test_samples], labels[:test_samples]
         names = [f"test image {i}" for i in range(test_samples)]
-    out = out or run.file("cam")
-    rows = draw_cams(net, config.resize, images, labels, names, out)
-    return {"checkpoint": str(checkpoint), "png": str(out), "images": rows}
+    if len(x) > MAX_IMAGES:
+        raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
+    return draw_cams(net, size, x, labels, names, out)
 
 
 def check_maps(net: NiN, checkpoint: Path, size: int) -> None:

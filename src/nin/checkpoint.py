@@ -13,7 +13,6 @@ from nin.config import Config, from_dict
 from nin.errors import NinError
 from nin.io import atomic_torch_save
 from nin.model import NiN, build
-from nin.run import RunDir
 
 FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
 
@@ -99,11 +98,9 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-def model_from_checkpoint(path: Path) -> tuple[NiN, Config]:
-    """The trained network (in eval mode, on the CPU) and the config it was trained with, from a
-    checkpoint file or a run directory."""
-    _, path = RunDir.of(path)
-    state = load_checkpoint(path)
+def model_from_state(state: dict, path: Path) -> tuple[NiN, Config]:
+    """The trained network (in eval mode, on the CPU) and the config it was trained with, from the
+    contents of the checkpoint file `path` (named in errors)."""
     config = from_dict(state["config"], source=str(path))
     net = build(config.arch, config.dropout, config.width)
     try:

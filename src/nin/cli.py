@@ -7,25 +7,13 @@ import ctypes
 import dataclasses
 import json
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
-from nin.config import (
-    DEVICES,
-    FIELDS,
-    PRECISIONS,
-    Config,
-    Recipe,
-    field_types,
-    from_dict,
-    load_config,
-    load_preset,
-    presets,
-)
+from nin.api import DEFAULT_PRESET, configure, load
+from nin.config import DEVICES, FIELDS, PRECISIONS, Config, Recipe, field_types, load_preset, presets
 from nin.errors import NinError
-
-DEFAULT_PRESET = "fast"
+from nin.run import new_run_path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -216,18 +204,13 @@ def summary(args: argparse.Namespace) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    from nin.api import train as run_training
     from nin.guards import Stopped
     from nin.runtime import is_main_process
-    from nin.train import train as run_training
 
-    if args.auto_resume and (args.resume or args.force):
-        raise NinError("--auto-resume decides by itself whether to continue; drop --resume / --force")
-    if args.auto_resume and not args.out:
-        raise NinError("--auto-resume needs --out: the run directory to continue or start")
-    config, out = (_resumed_config(args), args.resume) if args.resume else _new_run(args)
     try:
-        run_training(config, out, args.data_dir, resume=bool(args.resume), force=args.force,
-                     auto_resume=args.auto_resume)  # fmt: skip
+        run_training(args.config or args.preset, args.out, args.data_dir, args.resume, args.force,
+                     args.auto_resume, **settings_of(args))  # fmt: skip
     except Stopped as e:
         if is_main_process():  # every rank stopped at the same step; rank 0 says so
             print(f"nin: {e}", file=sys.stderr)
@@ -240,7 +223,8 @@ def sweep(args: argparse.Namespace) -> int:
     from nin.runtime import is_main_process
     from nin.sweep import sweep as run_sweep
 
-    config, out = _new_run(args, prefix="sweep-")
+    config, name = config_of(args)
+    out = args.out or new_run_path(f"sweep-{name}")
     if out.exists() and any(out.iterdir()):
         raise NinError(f"{out} already exists and is not empty; choose another --out")
     try:
@@ -258,58 +242,22 @@ def sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_of(args: argparse.Namespace) -> dict:
+    """The `Config` fields given as flags."""
+    return {k: getattr(args, k) for k in FIELDS if hasattr(args, k)}
+
+
 def config_of(args: argparse.Namespace) -> tuple[Config, str]:
     """The settings of a new run: the preset's or the config file's, then the flags given; and its name."""
-    if args.config:
-        config, name = load_config(args.config), args.config.stem
-    else:
-        name = args.preset or DEFAULT_PRESET
-        config = load_preset(name)
-    overrides = {k: getattr(args, k) for k in FIELDS if hasattr(args, k)}
-    return Config(**{**config.to_dict(), **overrides}), name
-
-
-def _new_run(args: argparse.Namespace, prefix: str = "") -> tuple[Config, Path]:
-    """The config and run directory of a new run."""
-    from nin.runtime import is_main_process
-
-    config, name = config_of(args)
-    if is_main_process():
-        print(f"{'config ' + str(args.config) if args.config else 'preset ' + name}: "
-          + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))  # fmt: skip
-    return config, args.out or _new_run_dir(prefix + name)
-
-
-def _resumed_config(args: argparse.Namespace) -> Config:
-    """The run's own config; only the device may change."""
-    from nin.checkpoint import load_checkpoint
-    from nin.run import RunDir
-
-    given = [f"--{k.replace('_', '-')}" for k in FIELDS if k != "device" and hasattr(args, k)]
-    given += [f"--{k}" for k in ("preset", "config", "out", "force") if getattr(args, k)]
-    if given:
-        raise NinError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
-    if not args.resume.is_dir():
-        raise NinError(f"--resume {args.resume}: not a run directory (it should hold a checkpoint.pt)")
-    _, checkpoint = RunDir.of(args.resume)
-    config = from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
-    return Config(**{**config.to_dict(), "device": getattr(args, "device", config.device)})
-
-
-def _new_run_dir(name: str) -> Path:
-    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
+    return configure(args.config or args.preset, **settings_of(args))
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from nin.evaluate import evaluate as run_evaluation
+    from nin.evaluate import check_test_limit
     from nin.run import describe
 
-    result = run_evaluation(args.checkpoint, args.data_dir, args.device, args.test_limit, args.plot, args.tta)
+    check_test_limit(args.test_limit)  # a bad flag is reported before the checkpoint is read
+    result = load(args.checkpoint).evaluate(args.data_dir, args.device, args.test_limit, args.tta, args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -325,9 +273,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from nin.evaluate import predict as run_prediction
-
-    results = run_prediction(args.checkpoint, args.images)
+    results = load(args.checkpoint).predict(args.images)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -337,9 +283,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def cam(args: argparse.Namespace) -> int:
-    from nin.cam import cam as draw_cams
-
-    result = draw_cams(args.checkpoint, args.images, args.test_samples, args.data_dir, args.out)
+    result = load(args.checkpoint).cam(args.images or None, args.test_samples, args.data_dir, args.out)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -356,7 +300,7 @@ def compare(args: argparse.Namespace) -> int:
     from nin.run import RunDir
 
     names = list(MODELS) if args.models == "all" else [n.strip() for n in args.models.split(",") if n.strip()]
-    out = args.out or _new_run_dir("compare")
+    out = args.out or new_run_path("compare")
     if RunDir(out).file("compare_json").exists() and not args.force:
         raise NinError(f"{out} already holds a comparison (compare.json); choose another --out, or pass --force")
     fields = ("budget", "resize", "batch_size", "lr", "momentum", "seed", "test_limit", "device", "precision")
@@ -366,7 +310,5 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from nin.report import report as write_report
-
-    print(f"report: {write_report(args.run_dir, args.data_dir, args.device, args.test_limit, args.out)}")
+    print(f"report: {load(args.run_dir).report(args.data_dir, args.device, args.test_limit, args.out)}")
     return 0

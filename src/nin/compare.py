@@ -55,6 +55,11 @@ MODELS: dict[str, tuple[str, Callable[[int], nn.Module]]] = {
 }
 
 
+def smallest_input(name: str) -> int:
+    """The smallest input side length the model `name` of `MODELS` accepts (built at 224, a size every one takes)."""
+    return min_resize(MODELS[name][1](224))
+
+
 def head_params(net: nn.Module) -> int:
     """Parameters after the last pooling stage: the dense layers of LeNet/AlexNet/VGG; NiN's last
     mlpconv block (which makes the class maps) and whatever turns the maps into scores."""
@@ -70,7 +75,7 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
     if unknown:
         raise NinError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     for name in names:
-        if recipe.resize < (smallest := min_resize(MODELS[name][1](max(recipe.resize, 224)))):
+        if recipe.resize < (smallest := smallest_input(name)):
             raise NinError(f"--resize {recipe.resize} is too small for {name}; it needs at least {smallest}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise NinError("nin compare runs in one process; start it with python -m nin or nin, not torchrun")

@@ -29,7 +29,15 @@ def _field(default: object, help: str, choices: tuple[str, ...] = ()) -> datacla
 
 @dataclass(frozen=True)
 class Config:
-    """A training run. The defaults are the seed notebook's recipe (d2l `train_ch6`)."""
+    """A training run's settings. The defaults are the seed notebook's recipe (d2l `train_ch6`); presets
+    and config files change some of them, and `nin train`'s flags are these fields.
+
+    >>> nin.Config().lr, nin.Config().resize
+    (0.05, 224)
+    >>> nin.Config(lr=-1)
+    Traceback (most recent call last):
+    nin.errors.NinError: lr must be positive, got -1
+    """
 
     arch: str = _field("nin", "network: nin (the seed's) or nin-bn (for 28x28 input, with BatchNorm)", ARCHS)
     width: int = _field(64, "nin-bn only: channels of its first block, doubled in each next one (default 64)")
@@ -127,10 +135,20 @@ def _fits(value: object, kind: type, optional: bool) -> bool:
 
 
 def presets() -> list[str]:
+    """The bundled presets' names (src/nin/presets/*.toml).
+
+    >>> nin.presets()
+    ['best', 'd2l', 'fast', 'quick']
+    """
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
 def load_preset(name: str) -> Config:
+    """A bundled preset's settings.
+
+    >>> nin.load_preset("fast").epochs
+    4
+    """
     path = PRESETS_DIR / f"{name}.toml"
     if not path.is_file():
         raise NinError(f"unknown preset {name!r}; choose from {', '.join(presets())}")

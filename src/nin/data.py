@@ -71,7 +71,13 @@ def _cache_dir() -> Path:
 
 
 def load_fashion_mnist(split: str, data_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' or 'test' split."""
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' or 'test' split, checksum-verified;
+    from `data_dir`, else $NIN_DATA_DIR, else the copy bundled with the repository (downloaded if missing).
+
+    >>> images, labels = nin.load_fashion_mnist("test")
+    >>> images.shape, images.dtype, nin.CLASS_NAMES[labels[0]]
+    (torch.Size([10000, 28, 28]), torch.uint8, 'Ankle boot')
+    """
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     prefix = SPLITS[split]
     images = _load(data_dir / f"{prefix}-images-idx3-ubyte.gz")

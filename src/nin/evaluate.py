@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nin.checkpoint import model_from_checkpoint
+from nin.config import Config
 from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
 from nin.errors import NinError
 from nin.plots import plot_confusion
-from nin.run import RunDir
 from nin.runtime import Runtime, local
+
+Images = str | Path | Sequence[str | Path] | torch.Tensor  # image files, or uint8 images (N, 28, 28)
 
 
 def evaluate_accuracy(net: torch.nn.Module, batches: Batches, rt: Runtime | None = None) -> float:
@@ -43,21 +47,20 @@ def confusion_matrix(net: torch.nn.Module, batches: Batches, tta: bool = False) 
     return matrix.reshape(n, n).cpu()
 
 
-def evaluate(path: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0,
-             plot: Path | None = None, tta: bool = False) -> dict:  # fmt: skip
-    """Test accuracy, per-class accuracy and confusion matrix of a checkpoint (or run directory),
-    with flip test-time augmentation if `tta`. It runs in the run's precision on this device (bf16
-    autocast where the run had `--precision auto` and the device computes bf16), as training measured.
-
-    The confusion matrix is drawn to `plot`, by default the run directory's confusion_matrix.png. The
-    result holds the run record (`record`: how the run was made; None for runs made before records).
-    """
+def check_test_limit(test_limit: int) -> None:
     if test_limit < 0:
         raise NinError(f"--test-limit must be 0 (all) or positive, got {test_limit}")
-    run, checkpoint = RunDir.of(path)
-    net, config = model_from_checkpoint(checkpoint)
+
+
+def evaluate(net: torch.nn.Module, config: Config, plot: Path, data_dir: Path | None = None, device: str = "auto",
+             test_limit: int = 0, tta: bool = False) -> dict:  # fmt: skip
+    """Test accuracy, per-class accuracy and confusion matrix of a trained network (`config`: how it was
+    trained), with flip test-time augmentation if `tta`; the confusion matrix is drawn to `plot`. It runs
+    in the run's precision on this device (bf16 autocast where the run had `--precision auto` and the
+    device computes bf16), as training measured, on a copy of `net` (the caller's stays where it is)."""
+    check_test_limit(test_limit)
     rt = local(device, config.precision)
-    net = net.to(rt.device, memory_format=torch.channels_last)
+    net = copy.deepcopy(net).to(rt.device, memory_format=torch.channels_last)
     images, labels = load_fashion_mnist("test", data_dir)
     if test_limit:
         images, labels = images[:test_limit], labels[:test_limit]
@@ -65,17 +68,15 @@ def evaluate(path: Path, data_dir: Path | None = None, device: str = "auto", tes
         matrix = confusion_matrix(net, Batches(images, labels, config.batch_size, config.resize, rt.device), tta)
     per_class = matrix.diag() / matrix.sum(dim=1).clamp(min=1)
     result = {
-        "checkpoint": str(checkpoint),
         "examples": len(labels),
         "tta": tta,
         "precision": rt.precision,
         "test_acc": matrix.diag().sum().item() / len(labels),
         "per_class_acc": dict(zip(CLASS_NAMES, per_class.tolist())),
         "confusion_matrix": matrix.tolist(),
-        "confusion_png": str(plot or run.file("confusion")),
-        "record": run.record() if checkpoint == run.file("checkpoint") else None,
+        "confusion_png": str(plot),
     }
-    plot_confusion(matrix, CLASS_NAMES, Path(result["confusion_png"]), title=f"test accuracy {result['test_acc']:.4f}")
+    plot_confusion(matrix, CLASS_NAMES, Path(plot), title=f"test accuracy {result['test_acc']:.4f}")
     return result
 
 
@@ -98,14 +99,28 @@ def load_image(path: Path) -> torch.Tensor:
         raise NinError(f"{path}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
 
 
-def predict(path: Path, image_paths: list[Path], top: int = 3) -> list[dict]:
-    """Top-`top` classes with probabilities for each image, from a checkpoint (or run directory)."""
-    net, config = model_from_checkpoint(path)
-    images = torch.stack([load_image(p) for p in image_paths])
+def load_images(images: Images) -> tuple[torch.Tensor, list[str]]:
+    """(uint8 (N, 28, 28) images, their names): image files (one or a list, read by `load_image`) named
+    by their paths, or a uint8 tensor (N, 28, 28) of Fashion-MNIST-like images named 'image 0', 'image 1', ..."""
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or not len(images):
+            raise NinError(f"images: expected a uint8 tensor of shape (N, 28, 28), got {images.dtype} "
+                           f"{tuple(images.shape)}; pass 28x28 grayscale images as uint8, or image files")  # fmt: skip
+        return images, [f"image {i}" for i in range(len(images))]
+    paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images]
+    if not paths:
+        raise NinError("no images given; pass image files (PNG or JPEG) or a uint8 tensor of shape (N, 28, 28)")
+    return torch.stack([load_image(p) for p in paths]), [str(p) for p in paths]
+
+
+def predict(net: torch.nn.Module, size: int, images: Images, top: int = 3) -> list[dict]:
+    """Top-`top` classes with probabilities for each image (see `load_images`), resized to `size` as in training."""
+    x, names = load_images(images)
+    net.eval()
     with torch.inference_mode():
-        probs = torch.cat([net(resize(chunk, config.resize)).softmax(dim=1) for chunk in images.split(256)])
+        probs = torch.cat([net(resize(chunk, size)).softmax(dim=1) for chunk in x.split(256)])
     values, indices = probs.topk(top, dim=1)
     return [
-        {"image": str(p), "top": [{"class": CLASS_NAMES[i], "prob": v} for v, i in zip(vs.tolist(), ix.tolist())]}
-        for p, vs, ix in zip(image_paths, values, indices)
+        {"image": name, "top": [{"class": CLASS_NAMES[i], "prob": v} for v, i in zip(vs.tolist(), ix.tolist())]}
+        for name, vs, ix in zip(names, values, indices)
     ]

@@ -44,6 +44,10 @@ def nin_block(
     `mlp_layers` and `mlp_kernel` exist for d2l's exercises (one or three 1x1 convolutions; 3x3 instead
     of 1x1, padded to keep the size); `batch_norm` puts BatchNorm between each convolution (then
     without bias: BatchNorm's shift replaces it) and its ReLU. The defaults are the seed's block.
+
+    >>> block = nin.nin_block(1, 96, kernel_size=11, strides=4, padding=0)
+    >>> block(torch.zeros(1, 1, 224, 224)).shape
+    torch.Size([1, 96, 54, 54])
     """
     layers: list[nn.Module] = []
     convs = [(in_channels, kernel_size, strides, padding)]
@@ -69,6 +73,12 @@ class NiN(nn.Sequential):
     The other arguments make the rest of the NiN family: `mlp_layers` and `mlp_kernel` change every
     block for d2l's exercises (see `nin_block`); `blocks`, `pool` and `batch_norm` make `nin_bn`.
     Shapes for a (1, 1, 224, 224) input are given after each layer.
+
+    >>> net = nin.NiN()
+    >>> net(torch.zeros(1, 1, 224, 224)).shape
+    torch.Size([1, 10])
+    >>> sum(p.numel() for p in net.parameters())
+    1992166
     """
 
     def __init__(
@@ -111,7 +121,12 @@ def nin_bn(width: int = 64, dropout: float = 0.5) -> NiN:
     """A NiN for the 28x28 images themselves (the fast preset): three mlpconv blocks of a
     3x3 convolution and two 1x1 convolutions, `width`, 2 x `width` and 4 x `width` channels wide,
     each with BatchNorm and followed by a 2x2 max-pool (28 -> 14 -> 7 -> 3), then the class-map block
-    and global average pooling, as in NiN: no fully connected layer."""
+    and global average pooling, as in NiN: no fully connected layer.
+
+    >>> net = nin.nin_bn(width=16)  # the fast preset's network
+    >>> sum(p.numel() for p in net.parameters())
+    40628
+    """
     blocks = ((width, 3, 1, 1), (2 * width, 3, 1, 1), (4 * width, 3, 1, 1))
     return NiN(dropout=dropout, blocks=blocks, pool=2, batch_norm=True)
 
@@ -125,7 +140,10 @@ def build(arch: str = "nin", dropout: float = 0.5, width: int = 64) -> NiN:
 
 
 def init_weights(module: nn.Module) -> None:
-    """d2l's `init_weights`: Xavier-uniform weights for Linear/Conv2d; biases keep PyTorch's default."""
+    """d2l's `init_weights`: Xavier-uniform weights for Linear/Conv2d; biases keep PyTorch's default.
+
+    >>> net = nin.NiN().apply(nin.init_weights)
+    """
     if type(module) in (nn.Linear, nn.Conv2d):
         nn.init.xavier_uniform_(module.weight)
 
@@ -184,6 +202,9 @@ def layer_summary(model: nn.Module, size: int, in_channels: int = 1) -> list[dic
 
     MACs (multiply-accumulates) count convolutions and linear layers only; pooling and ReLU are a
     rounding error. This is the convention behind "0.762 GMAC" for NiN at 224.
+
+    >>> nin.layer_summary(nin.NiN(), 224)[0]
+    {'name': '0 nin_block', 'output_shape': (1, 96, 54, 54), 'params': 30336, 'macs': 87619968}
     """
     macs: dict[nn.Module, int] = {}
 

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure  # without pyplot: no GUI backend, no global state
 
 from nin.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A figure without pyplot (no GUI backend, no global state). matplotlib is imported here, when a
+    figure is drawn, so that `import nin` and `nin --help` stay light."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -20,7 +31,7 @@ def _save(fig: Figure, path: Path) -> None:
 
 def plot_curves(history: list[dict], epochs: int, path: Path) -> None:
     """Train loss, train acc and test acc against epoch, on d2l's axes (x from 1 to the last epoch)."""
-    fig = Figure(figsize=(4.5, 3.2))
+    fig = _figure((4.5, 3.2))
     ax = fig.subplots()
     x = [m["epoch"] for m in history]
     for key, style in (("train_loss", "-"), ("train_acc", "m--"), ("test_acc", "g-.")):
@@ -34,7 +45,7 @@ def plot_curves(history: list[dict], epochs: int, path: Path) -> None:
 
 def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Path, title: str = "") -> None:
     """Rows: true class, columns: predicted class; each cell holds its count."""
-    fig = Figure(figsize=(7.5, 6.5))
+    fig = _figure((7.5, 6.5))
     ax = fig.subplots()
     ax.imshow(matrix.tolist(), cmap="Blues")
     n = len(class_names)
@@ -66,7 +77,7 @@ def plot_cams(
     true class over it. Both maps of a row share one colour scale, so their strengths compare."""
     images, heat = images.numpy(), heat.numpy()
     columns = 2 if labels is None else 3
-    fig = Figure(figsize=(2.2 * columns, 2.3 * len(images)))
+    fig = _figure((2.2 * columns, 2.3 * len(images)))
     axes = fig.subplots(len(images), columns, squeeze=False)
     for i, row in enumerate(axes):
         predicted = int(probs[i].argmax())
@@ -86,7 +97,7 @@ def plot_cams(
 
 def plot_compare(rows: list[dict], path: Path, budget: str) -> None:
     """Three bar charts side by side, one bar per model: test accuracy, parameters, training seconds."""
-    fig = Figure(figsize=(11, 0.45 * len(rows) + 1.2))
+    fig = _figure((11, 0.45 * len(rows) + 1.2))
     axes = fig.subplots(1, 3, sharey=True)
     names = [r["model"] for r in rows][::-1]  # first row on top
     panels = (("test_acc", "test accuracy", "{:.3f}"), ("params", "parameters (log)", "{:,.0f}"),

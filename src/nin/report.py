@@ -13,17 +13,19 @@ import html
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from nin.cam import check_maps, draw_cams
-from nin.checkpoint import load_checkpoint, model_from_checkpoint
 from nin.data import load_fashion_mnist, resize
 from nin.errors import NinError
-from nin.evaluate import evaluate
 from nin.io import atomic_write_text
 from nin.plots import plot_curves
 from nin.run import RunDir, describe
+
+if TYPE_CHECKING:
+    from nin.api import Run
 
 CAM_POOL = 1000  # the correct and wrong examples are the first ones among this many test images
 STYLE = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
@@ -32,22 +34,21 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 .pair{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}.note{color:#666}"""
 
 
-def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0,
-           out: Path | None = None, per_kind: int = 4) -> Path:  # fmt: skip
-    """Write the run's report (default RUN_DIR/report.html) and return its path."""
-    run, checkpoint = RunDir.of(run_dir)
-    net, config = model_from_checkpoint(checkpoint)
-    history = load_checkpoint(checkpoint)["metrics"]
+def report(run: Run, out: Path, data_dir: Path | None = None, device: str = "auto", test_limit: int = 0,
+           per_kind: int = 4) -> Path:  # fmt: skip
+    """Write the report of a loaded run (`nin.load`) to `out` and return its path."""
+    config, history = run.config, run.metrics
     with tempfile.TemporaryDirectory() as tmp:  # the report leaves no other file behind
-        result = evaluate(checkpoint, data_dir, device, test_limit, plot=Path(tmp) / "confusion_matrix.png")
+        result = run.evaluate(data_dir, device, test_limit, plot=Path(tmp) / "confusion_matrix.png")
         confusion = _img(Path(result["confusion_png"]), "confusion matrix")
+    run_dir = RunDir(run.path)
 
     sections = [
         f"<h1>nin run {_e(run.path.name)}</h1>",
         f"<p>Test accuracy <b>{result['test_acc']:.4f}</b> on {result['examples']} test images after "
         f"{len(history)} of {config.epochs} epochs; {sum(m['epoch_seconds'] for m in history):.0f} s of training "
         f"wall time.</p>",
-        "<h2>How it was made</h2>" + _record_section(run),
+        "<h2>How it was made</h2>" + _record_section(run.record),
         "<h2>Config</h2>" + _table(["setting", "value"], config.to_dict().items()),
         "<h2>Training</h2>"
         + _table(
@@ -69,24 +70,22 @@ def report(run_dir: Path, data_dir: Path | None = None, device: str = "auto", te
         + _table(["class", "accuracy"], [(c, f"{a:.4f}") for c, a in result["per_class_acc"].items()])
         + confusion
         + "</div>",
-        "<h2>Class activation maps</h2>" + _cam_section(net, config.resize, checkpoint, data_dir, per_kind),
+        "<h2>Class activation maps</h2>" + _cam_section(run.model, config.resize, run.checkpoint, data_dir, per_kind),
     ]
-    if run.file("compare_json").exists():
-        sections.append("<h2>NiN and the classic CNNs</h2>" + _compare_section(run))
+    if run_dir.file("compare_json").exists():
+        sections.append("<h2>NiN and the classic CNNs</h2>" + _compare_section(run_dir))
     page = (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>nin run {_e(run.path.name)}</title><style>{STYLE}</style></head><body>\n"
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
-    out = out or run.file("report")
     atomic_write_text(out, page)
     return out
 
 
-def _record_section(run: RunDir) -> str:
+def _record_section(record: dict | None) -> str:
     """One row per session of the run (a resumed run has several): when, where, in what precision."""
-    record = run.record()
     if record is None:
         return "<p class=note>No run record (run.json): the run was made by a nin without them.</p>"
     rows = [

@@ -158,6 +158,16 @@ class RunDir:
             self.write_json("record", record)
 
 
+def new_run_path(name: str) -> Path:
+    """runs/<name>-<date>-<time> under the working directory; -2, -3, ... appended while that is taken."""
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
 def command_line() -> list[str]:
     """How this process was started, as a person would type it (`nin ...` or `python -m nin ...`)."""
     program = Path(sys.argv[0]).name

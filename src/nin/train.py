@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from nin.checkpoint import load_checkpoint, save_checkpoint
 from nin.config import FIELDS, Config, from_dict
@@ -32,6 +31,7 @@ from nin.evaluate import evaluate_accuracy
 from nin.guards import StopOnSignal, blown, chance_plateau, diverged
 from nin.model import INITS, NiN, build, check_resize
 from nin.plots import plot_curves
+from nin.progress import LiveCurves, progress_bar
 from nin.run import RunDir
 from nin.runtime import Runtime, setup, sync, sync_batch_norm
 from nin.step import EpochState, train_step
@@ -104,6 +104,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
         run.write_json("config", config.to_dict())
     start = time.perf_counter()
     session = run.session(rt.precision, rt.world_size, str(rt.device), history) if rt.is_main else nullcontext()
+    live = LiveCurves()  # in a Jupyter notebook, the curves redrawn in the cell; elsewhere nothing
     with rt.peers_answer(), session, StopOnSignal() as stop:
         loop = _Loop(config, run, rt, net, model, optimizer, train_iter, history, stop)
         for epoch in range(position["epoch"], config.epochs):
@@ -135,6 +136,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
             if rt.is_main:  # after the checkpoint: metrics never run ahead of what a resume restores
                 run.write_text("metrics", "".join(json.dumps(m) + "\n" for m in history))
                 plot_curves(history, config.epochs, run.file("curves"))
+                live.show(run.file("curves"))
             # a signal in the epoch's last step or its evaluation: stop now that the epoch is saved
             if epoch + 1 < config.epochs and rt.all_sum(float(stop.signum > 0))[0]:
                 raise stop.stopped(f"after epoch {epoch + 1}", run.path)
@@ -152,8 +154,8 @@ def _train_epoch(loop: _Loop, epoch: int, first_step: int, state: EpochState) ->
     """One pass over the training data from batch `first_step` on, adding to `state`."""
     config, rt, steps = loop.config, loop.rt, len(loop.batches)
     loop.model.train()
-    bar = tqdm(total=steps, initial=first_step, unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}",
-               disable=None if rt.is_main else True, leave=False, file=sys.stderr)  # fmt: skip
+    bar = progress_bar(total=steps, initial=first_step, unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=None if rt.is_main else True, leave=False, file=sys.stderr)  # fmt: skip
     bad = torch.zeros((), dtype=torch.bool, device=rt.device)  # any blown loss since the last check
     t = None
     with bar:

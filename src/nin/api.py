@@ -1,0 +1,218 @@
+"""nin from Python: train a preset into a run directory, load a run, and ask the run questions.
+
+The `nin` command is built on these functions (`nin train` calls `train`; `nin evaluate`, `predict`, `cam`
+and `report` call `load` and the `Run` method of the same name), so a run trained from Python is the run
+`nin train` makes with the same settings, weight for weight. docs/api.md documents them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from nin.cam import cam as draw_class_maps
+from nin.checkpoint import load_checkpoint, model_from_state
+from nin.config import Config, from_dict, load_config, load_preset
+from nin.errors import NinError
+from nin.evaluate import Images
+from nin.evaluate import evaluate as evaluate_model
+from nin.evaluate import predict as predict_images
+from nin.model import NiN, layer_summary
+from nin.report import report as write_report
+from nin.run import RunDir, new_run_path
+from nin.runtime import is_main_process
+from nin.train import train as train_loop
+
+DEFAULT_PRESET = "fast"
+
+
+@dataclass(eq=False, repr=False)
+class Run:
+    """A trained run, as `nin.train` returns it and `nin.load` reads it: its directory (`path`), checkpoint
+    file, `config`, per-epoch `metrics`, final `test_acc`, the trained `model` (in eval mode, on the CPU) and
+    the run `record` (run.json: how the run was made; None without one).
+
+    >>> run = nin.load("runs/fast")
+    >>> run.test_acc, run.config.epochs, len(run.metrics)
+    (0.9213, 4, 4)
+    """
+
+    path: Path
+    checkpoint: Path
+    config: Config
+    model: NiN
+    metrics: list[dict]
+    record: dict | None
+
+    def __repr__(self) -> str:
+        acc = "no epoch yet" if self.test_acc is None else f"test acc {self.test_acc:.4f}"
+        c = self.config
+        return f"Run('{self.path}': {c.arch} at {c.resize}x{c.resize}, {len(self.metrics)} of {c.epochs} epochs, {acc})"
+
+    @property
+    def test_acc(self) -> float | None:
+        """The last epoch's test accuracy (None if the checkpoint was taken before the first epoch ended).
+
+        >>> nin.load("runs/fast").test_acc
+        0.9213
+        """
+        return self.metrics[-1]["test_acc"] if self.metrics else None
+
+    def evaluate(self, data_dir: str | Path | None = None, device: str = "auto", test_limit: int = 0,
+                 tta: bool = False, plot: str | Path | None = None) -> dict:  # fmt: skip
+        """Test accuracy, per-class accuracy and confusion matrix, as `nin evaluate --json` prints them, in
+        the run's precision on `device`; with `tta`, averaged over each image and its mirror image. The
+        confusion matrix is drawn to `plot` (default: confusion_matrix.png in the run directory).
+
+        >>> result = run.evaluate(test_limit=1000)
+        >>> result["test_acc"], result["per_class_acc"]["Shirt"]
+        (0.918, 0.72)
+        """
+        png = Path(plot) if plot else RunDir(self.path).file("confusion")
+        result = evaluate_model(self.model, self.config, png, data_dir, device, test_limit, tta)
+        return {"checkpoint": str(self.checkpoint), **result, "record": self.record}
+
+    def predict(self, images: Images, top: int = 3) -> list[dict]:
+        """The `top` classes with probabilities for each image: image files (PNG or JPEG, any size, made
+        28x28 grayscale) or a uint8 tensor (N, 28, 28) like Fashion-MNIST's.
+
+        >>> run.predict(["shirt.png"])
+        [{'image': 'shirt.png', 'top': [{'class': 'Shirt', 'prob': 0.81}, ...]}]
+        >>> images, labels = nin.load_fashion_mnist("test")
+        >>> run.predict(images[:2], top=1)
+        [{'image': 'image 0', 'top': [{'class': 'Ankle boot', 'prob': 0.99}]}, ...]
+        """
+        return predict_images(self.model, self.config.resize, images, top)
+
+    def cam(self, images: Images | None = None, test_samples: int = 0, data_dir: str | Path | None = None,
+            out: str | Path | None = None) -> dict:  # fmt: skip
+        """Class activation maps (the class maps NiN's global average pooling turns into scores) of `images`
+        (as for `predict`), or of the first `test_samples` test images, drawn into a PNG grid `out`
+        (default: cam.png in the run directory); with each image's prediction.
+
+        >>> result = run.cam(test_samples=8)
+        >>> result["png"], result["images"][0]
+        ('runs/fast/cam.png', {'image': 'test image 0', 'predicted': 'Ankle boot', 'prob': 0.99, ...})
+        """
+        png = Path(out) if out else RunDir(self.path).file("cam")
+        rows = draw_class_maps(self.model, self.config.resize, self.checkpoint, png, images, test_samples, data_dir)
+        return {"checkpoint": str(self.checkpoint), "png": str(png), "images": rows}
+
+    def report(self, data_dir: str | Path | None = None, device: str = "auto", test_limit: int = 0,
+               out: str | Path | None = None) -> Path:  # fmt: skip
+        """Write the run's self-contained HTML page (default: report.html in the run directory); returns its path.
+
+        >>> run.report()
+        PosixPath('runs/fast/report.html')
+        """
+        return write_report(self, Path(out) if out else RunDir(self.path).file("report"), data_dir, device, test_limit)
+
+    def summary(self) -> list[dict]:
+        """The trained network layer by layer at its input size: name, output shape, parameters, MACs.
+
+        >>> [row["output_shape"] for row in run.summary()][-1]
+        (1, 10)
+        """
+        return layer_summary(self.model, self.config.resize)
+
+
+def load(path: str | Path) -> Run:
+    """The run in a run directory, or in one checkpoint file: read with `weights_only=True`, checked
+    against its SHA-256.
+
+    >>> run = nin.load("runs/fast")
+    >>> run.model(torch.zeros(1, 1, 28, 28)).shape
+    torch.Size([1, 10])
+    """
+    run, checkpoint = RunDir.of(Path(path))
+    state = load_checkpoint(checkpoint)
+    model, config = model_from_state(state, checkpoint)
+    record = run.record() if checkpoint == run.file("checkpoint") else None  # another file: not this run's record
+    return Run(run.path, checkpoint, config, model, state["metrics"], record)
+
+
+def train(preset: str | os.PathLike | Config | None = None, out: str | Path | None = None,
+          data_dir: str | Path | None = None, resume: str | Path | None = None, force: bool = False,
+          auto_resume: bool = False, **settings: object) -> Run | None:  # fmt: skip
+    """Train a preset (by name, default fast), a TOML or JSON config file (a Path) or a `Config`, with
+    `settings` on top as `nin train`'s flags put them, into the run directory `out` (default
+    runs/<preset>-<date>-<time>; with `force`, the run in it is replaced); or continue the interrupted run
+    in the directory `resume`; with `auto_resume`, continue the unfinished run with these settings in
+    `out`, or start it there if `out` holds none (what torchrun's restarts need). Returns the trained run
+    (under torchrun, on rank 0; the other ranks get None).
+
+    >>> run = nin.train("fast", out="runs/fast", epochs=2, seed=1)
+    >>> run = nin.train(nin.load_preset("d2l"), train_limit=10_000, epochs=1)
+    >>> run = nin.train(resume="runs/fast")
+    >>> run = nin.train("fast", out="runs/fast-ddp", auto_resume=True)
+    """
+    if auto_resume and (resume is not None or force):
+        raise NinError("--auto-resume decides by itself whether to continue; drop --resume / --force")
+    if auto_resume and out is None:
+        raise NinError("--auto-resume needs --out: the run directory to continue or start")
+    if resume is not None:
+        config, out = _resumed_config(Path(resume), preset, out, force, settings), Path(resume)
+    else:
+        config, name = configure(preset, **settings)
+        out = Path(out) if out is not None else new_run_path(name)
+    train_loop(config, out, Path(data_dir) if data_dir else None, resume=resume is not None, force=force,
+               auto_resume=auto_resume)  # fmt: skip
+    if not is_main_process():
+        return None  # rank 0 alone writes the run; it may still be writing its last checkpoint
+    return load(out)
+
+
+def configure(preset: str | os.PathLike | Config | None = None, **settings: object) -> tuple[Config, str]:
+    """The settings of a new run, printed in one line as `nin train` shows them, and its name: a preset's
+    (by name; default fast), a TOML or JSON config file's (a Path), or a `Config`; then `settings` on top,
+    each checked as in a config file. The name (the preset's, the file's stem) names the default run directory.
+
+    >>> config, name = configure("quick", epochs=1)
+    preset quick: arch=nin, width=64, resize=67, ...
+    """
+    if isinstance(preset, Config):
+        base, name, source = preset, "config", "config"
+    elif isinstance(preset, os.PathLike):
+        base, name, source = load_config(Path(preset)), Path(preset).stem, f"config {preset}"
+    else:
+        name = preset or DEFAULT_PRESET
+        base, source = load_preset(name), f"preset {name}"
+    config = from_dict({**base.to_dict(), **settings}, source="settings")
+    if is_main_process():  # under torchrun, rank 0 alone prints
+        print(f"{source}: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
+    return config, name
+
+
+def _resumed_config(run_dir: Path, preset: object, out: object, force: bool, settings: dict) -> Config:
+    """The run's own config; only the device may change."""
+    given = [f"--{k.replace('_', '-')}" for k in settings if k != "device"]
+    given += [flag for flag, value in (("--preset" if isinstance(preset, str) else "--config", preset),
+                                       ("--out", out), ("--force", force)) if value]  # fmt: skip
+    if given:
+        raise NinError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+    if not run_dir.is_dir():
+        raise NinError(f"--resume {run_dir}: not a run directory (it should hold a checkpoint.pt)")
+    _, checkpoint = RunDir.of(run_dir)
+    config = from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
+    return from_dict({**config.to_dict(), "device": settings.get("device", config.device)}, source="settings")
+
+
+def build_model(name: str = "nin", resize: int = 224) -> nn.Module:
+    """A network by name, untrained: the seed's NiN (`nin`), d2l's NiN exercises (`nin-1conv`, `nin-3conv`,
+    `nin-3x3`, `nin-fc`) and the classic CNNs NiN replaces (`lenet`, `alexnet`, `vgg11`: d2l's, channels / 4
+    as d2l trains it), with any dense head sized for `resize` x `resize` input: the models `nin compare` trains.
+
+    >>> net = nin.build_model("alexnet", resize=224)
+    >>> sum(p.numel() for p in net.parameters())
+    46764746
+    """
+    from nin.compare import MODELS, smallest_input  # the classic CNNs: only when asked for
+
+    if name not in MODELS:
+        raise NinError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    if resize < (smallest := smallest_input(name)):
+        raise NinError(f"resize {resize} is too small for {name}; it needs at least {smallest}")
+    return MODELS[name][1](resize)
