@@ -74,3 +74,18 @@ def stopped_after_epoch_1(monkeypatch, run_training) -> None:
         m.setattr(train_module, "evaluate_accuracy", signalled)
         with pytest.raises(Stopped):
             run_training()
+
+
+# The seed notebook's shape walk (d2l's NiN chapter, In [6]), its printout verbatim (tabs included).
+SEED_SHAPE_WALK = """\
+Sequential output shape:\t torch.Size([1, 96, 54, 54])
+MaxPool2d output shape:\t torch.Size([1, 96, 26, 26])
+Sequential output shape:\t torch.Size([1, 256, 26, 26])
+MaxPool2d output shape:\t torch.Size([1, 256, 12, 12])
+Sequential output shape:\t torch.Size([1, 384, 12, 12])
+MaxPool2d output shape:\t torch.Size([1, 384, 5, 5])
+Dropout output shape:\t torch.Size([1, 384, 5, 5])
+Sequential output shape:\t torch.Size([1, 10, 5, 5])
+AdaptiveAvgPool2d output shape:\t torch.Size([1, 10, 1, 1])
+Flatten output shape:\t torch.Size([1, 10])
+"""

@@ -5,21 +5,8 @@ import pytest
 import torch
 
 import seed_nin
+from helpers import SEED_SHAPE_WALK
 from nin.model import NiN, feature_sizes, init_weights, layer_summary, min_resize, nin_block
-
-# The seed notebook's printout of In [6], verbatim (tabs included).
-SEED_SHAPE_WALK = """\
-Sequential output shape:\t torch.Size([1, 96, 54, 54])
-MaxPool2d output shape:\t torch.Size([1, 96, 26, 26])
-Sequential output shape:\t torch.Size([1, 256, 26, 26])
-MaxPool2d output shape:\t torch.Size([1, 256, 12, 12])
-Sequential output shape:\t torch.Size([1, 384, 12, 12])
-MaxPool2d output shape:\t torch.Size([1, 384, 5, 5])
-Dropout output shape:\t torch.Size([1, 384, 5, 5])
-Sequential output shape:\t torch.Size([1, 10, 5, 5])
-AdaptiveAvgPool2d output shape:\t torch.Size([1, 10, 1, 1])
-Flatten output shape:\t torch.Size([1, 10])
-"""
 
 
 def test_seed_shape_walk_runs_unchanged_and_prints_the_seeds_shapes():

@@ -9,22 +9,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from helpers import SEED_SHAPE_WALK
+
 ROOT = Path(__file__).parents[1]
 NOTEBOOK = ROOT / "notebooks" / "nin.ipynb"
-
-# The seed notebook's shape walk, its printed output line for line (d2l's NiN chapter, In [6]).
-SEED_SHAPE_WALK = """\
-Sequential output shape:\t torch.Size([1, 96, 54, 54])
-MaxPool2d output shape:\t torch.Size([1, 96, 26, 26])
-Sequential output shape:\t torch.Size([1, 256, 26, 26])
-MaxPool2d output shape:\t torch.Size([1, 256, 12, 12])
-Sequential output shape:\t torch.Size([1, 384, 12, 12])
-MaxPool2d output shape:\t torch.Size([1, 384, 5, 5])
-Dropout output shape:\t torch.Size([1, 384, 5, 5])
-Sequential output shape:\t torch.Size([1, 10, 5, 5])
-AdaptiveAvgPool2d output shape:\t torch.Size([1, 10, 1, 1])
-Flatten output shape:\t torch.Size([1, 10])
-"""
 
 
 def tagged(nb: nbformat.NotebookNode, tag: str) -> nbformat.NotebookNode:

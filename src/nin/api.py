@@ -14,12 +14,13 @@ from pathlib import Path
 from torch import nn
 
 from nin.cam import cam as draw_class_maps
-from nin.checkpoint import load_checkpoint, model_from_state
+from nin.checkpoint import load_checkpoint, load_weights, model_from_state
 from nin.config import Config, from_dict, load_config, load_preset
 from nin.errors import NinError
 from nin.evaluate import Images
 from nin.evaluate import evaluate as evaluate_model
 from nin.evaluate import predict as predict_images
+from nin.io import atomic_torch_save
 from nin.model import NiN, layer_summary
 from nin.report import report as write_report
 from nin.run import RunDir, new_run_path
@@ -110,6 +111,18 @@ class Run:
         """
         return write_report(self, Path(out) if out else RunDir(self.path).file("report"), data_dir, device, test_limit)
 
+    def export(self, out: str | Path | None = None) -> Path:
+        """Write the trained weights as a plain state_dict (default: weights.pt in the run directory),
+        which the seed notebook loads into its own `nn.Sequential` with
+        `net.load_state_dict(torch.load(path))`; returns its path.
+
+        >>> run.export("nin.pt")
+        PosixPath('nin.pt')
+        """
+        path = Path(out) if out else RunDir(self.path).file("weights")
+        atomic_torch_save(self.model.state_dict(), path)
+        return path
+
     def summary(self) -> list[dict]:
         """The trained network layer by layer at its input size: name, output shape, parameters, MACs.
 
@@ -119,16 +132,18 @@ class Run:
         return layer_summary(self.model, self.config.resize)
 
 
-def load(path: str | Path) -> Run:
+def load(path: str | Path, resize: int | None = None) -> Run:
     """The run in a run directory, or in one checkpoint file: read with `weights_only=True`, checked
-    against its SHA-256.
+    against its SHA-256. A bare state_dict of the seed's `nn.Sequential` (the notebook's
+    `torch.save(net.state_dict(), "nin.pt")`) loads too, as the d2l preset's network at `resize` (default 224).
 
     >>> run = nin.load("runs/fast")
     >>> run.model(torch.zeros(1, 1, 28, 28)).shape
     torch.Size([1, 10])
+    >>> seed = nin.load("nin.pt", resize=224)  # the seed notebook's own weights
     """
     run, checkpoint = RunDir.of(Path(path))
-    state = load_checkpoint(checkpoint)
+    state = load_weights(checkpoint, resize)
     model, config = model_from_state(state, checkpoint)
     record = run.record() if checkpoint == run.file("checkpoint") else None  # another file: not this run's record
     return Run(run.path, checkpoint, config, model, state["metrics"], record)

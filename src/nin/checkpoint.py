@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import zipfile
@@ -12,7 +13,7 @@ import torch
 from nin.config import Config, from_dict
 from nin.errors import NinError
 from nin.io import atomic_torch_save
-from nin.model import NiN, build
+from nin.model import NiN, build, check_resize
 
 FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
 
@@ -76,14 +77,36 @@ def digest(state: object) -> str:
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint file's contents, checked to be a nin checkpoint of this format, undamaged."""
+    return _check(path, _read(path))
+
+
+def load_weights(path: Path, resize: int | None = None) -> dict:
+    """What `nin.load` reads: a nin checkpoint, or a bare state_dict of the seed's `nn.Sequential` (the
+    notebook's `torch.save(net.state_dict(), path)`) or of nin-bn, recognised by its keys and shapes. A
+    bare state_dict gets the d2l preset's settings (fast's for nin-bn) at `resize` (default: the preset's,
+    224 for the seed's NiN), no metrics and no record."""
+    state = _read(path)
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return {"model": state, "config": _recognise(state, path, resize).to_dict(), "metrics": []}
+    state = _check(path, state)
+    if resize is not None:
+        raise NinError(f"--resize {resize}: {path} is a nin checkpoint, trained at {state['config']['resize']}x"
+                       f"{state['config']['resize']}; --resize is for a bare state_dict")  # fmt: skip
+    return state
+
+
+def _read(path: Path) -> object:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NinError(
             f"{path}: not a readable nin checkpoint ({first_line[:200]}); "
             "it may be truncated or from another program: use a checkpoint.pt written by `nin train`"
         ) from None
+
+
+def _check(path: Path, state: object) -> dict:
     if not isinstance(state, dict) or not str(state.get("format", "")).startswith("nin-checkpoint-"):
         raise NinError(
             f"{path}: not a nin checkpoint (no '{FORMAT}' marker); use a checkpoint.pt written by `nin train`"
@@ -96,6 +119,26 @@ def load_checkpoint(path: Path) -> dict:
     ):
         raise NinError(f"{path}: damaged nin checkpoint (its contents do not match their SHA-256); use another one")
     return state
+
+
+def _recognise(weights: dict, path: Path, resize: int | None) -> Config:
+    """The settings of the network whose state_dict `weights` is: the seed's NiN, or nin-bn of some width."""
+    from nin.config import load_preset
+
+    candidates = [load_preset("d2l")]
+    if "0.0.weight" in weights and "0.1.running_mean" in weights:  # BatchNorm after the first conv: nin-bn
+        candidates.append(dataclasses.replace(load_preset("fast"), width=weights["0.0.weight"].shape[0]))
+    shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    for config in candidates:
+        net = build(config.arch, config.dropout, config.width)
+        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
+            config = dataclasses.replace(config, resize=resize or config.resize)
+            check_resize(net, config.resize)
+            return config
+    raise NinError(
+        f"{path}: not a nin checkpoint, and a state_dict of a network nin does not know: its keys and shapes "
+        "are neither the seed's NiN (d2l's nn.Sequential) nor nin-bn's; use a checkpoint.pt written by nin train"
+    )
 
 
 def model_from_state(state: dict, path: Path) -> tuple[NiN, Config]:

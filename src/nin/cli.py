@@ -1,4 +1,6 @@
-"""The `nin` command: summary, train, sweep, evaluate, predict, cam, compare, report. A thin layer over the library."""
+"""The `nin` command: summary, train, sweep, evaluate, predict, cam, compare, report, export.
+
+A thin layer over the library's API."""
 
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("evaluate", help="test accuracy, per-class accuracy and a confusion matrix PNG")
     p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    _add_resize(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument(
         "--plot", type=Path, help="confusion matrix PNG (default: confusion_matrix.png beside the checkpoint)"
@@ -66,11 +69,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("predict", help="top-3 classes for PNG/JPEG images")
     p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    _add_resize(p)
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = commands.add_parser("cam", help="class activation maps of images or test images, as a PNG grid")
     p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    _add_resize(p)
     p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
     p.add_argument("--test-samples", type=int, default=0, metavar="N", help="the first N test images instead")
     p.add_argument("--out", type=Path, help="the PNG (default: cam.png beside the checkpoint)")
@@ -106,11 +111,23 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("report", help="one self-contained HTML page about a run")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    _add_resize(p)
     p.add_argument("--out", type=Path, help="the HTML file (default: report.html in the run directory)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
     _add_data_dir(p)
+
+    p = commands.add_parser("export", help="the trained weights as a plain state_dict, for the seed notebook")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--format", default="state-dict", choices=("state-dict",), help="default: state-dict")
+    p.add_argument("--out", type=Path, help="the file (default: weights.pt in the run directory)")
+    _add_resize(p)
     return parser
+
+
+def _add_resize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resize", type=int, help="for a bare state_dict of the seed's nn.Sequential: its input side "
+                   "length (default 224); a nin checkpoint knows its own")  # fmt: skip
 
 
 def add_config_flags(p: argparse.ArgumentParser, cls: type = Config) -> None:
@@ -153,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
-                    "compare": compare, "report": report, "sweep": sweep}  # fmt: skip
+                    "compare": compare, "report": report, "sweep": sweep, "export": export}  # fmt: skip
         return commands[args.command](args)
     except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
@@ -257,7 +274,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from nin.run import describe
 
     check_test_limit(args.test_limit)  # a bad flag is reported before the checkpoint is read
-    result = load(args.checkpoint).evaluate(args.data_dir, args.device, args.test_limit, args.tta, args.plot)
+    run = load(args.checkpoint, args.resize)
+    result = run.evaluate(args.data_dir, args.device, args.test_limit, args.tta, args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -273,7 +291,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    results = load(args.checkpoint).predict(args.images)
+    results = load(args.checkpoint, args.resize).predict(args.images)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -283,7 +301,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def cam(args: argparse.Namespace) -> int:
-    result = load(args.checkpoint).cam(args.images or None, args.test_samples, args.data_dir, args.out)
+    result = load(args.checkpoint, args.resize).cam(args.images or None, args.test_samples, args.data_dir, args.out)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -309,6 +327,11 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    print(f"state_dict: {load(args.checkpoint, args.resize).export(args.out)}")
+    return 0
+
+
 def report(args: argparse.Namespace) -> int:
-    print(f"report: {load(args.run_dir).report(args.data_dir, args.device, args.test_limit, args.out)}")
+    print(f"report: {load(args.run_dir, args.resize).report(args.data_dir, args.device, args.test_limit, args.out)}")
     return 0

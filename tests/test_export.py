@@ -1,0 +1,66 @@
+"""The seed notebook's weights in and out: a bare state_dict of its nn.Sequential is a run nin can use,
+and `nin export` writes one the notebook loads with `net.load_state_dict(torch.load(path))`."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import nin
+from nin.cli import main
+from nin.data import load_fashion_mnist, resize
+from nin.errors import NinError
+from seed_nin import seed_net
+
+
+def test_the_seed_notebooks_state_dict_evaluates_predicts_and_maps(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = seed_net().eval()
+    path = tmp_path / "nin.pt"
+    torch.save(net.state_dict(), path)  # the notebook's own save
+    assert main(["evaluate", str(path), "--resize", "67", "--test-limit", "50", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    images, labels = load_fashion_mnist("test")
+    with torch.inference_mode():
+        expected = (net(resize(images[:50], 67)).argmax(1) == labels[:50]).float().mean().item()
+    assert result["test_acc"] == pytest.approx(expected) and result["record"] is None
+    run = nin.load(path)  # default: the seed's 224
+    assert run.config.resize == 224 and run.config.arch == "nin" and run.metrics == [] and run.test_acc is None
+    png = tmp_path / "boot.png"
+    Image.fromarray(images[0].numpy()).save(png)
+    assert main(["predict", str(path), str(png), "--json"]) == 0
+    with torch.inference_mode():
+        probs = net(resize(images[:1], 224)).softmax(1)[0]
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    assert top["prob"] == pytest.approx(probs.max().item(), rel=1e-4)
+    assert main(["cam", str(path), "--test-samples", "2", "--out", str(tmp_path / "cam.png")]) == 0
+
+
+def test_export_writes_what_the_seed_notebook_loads(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["export", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == f"state_dict: {run / 'weights.pt'}"
+    net = seed_net()
+    net.load_state_dict(torch.load(run / "weights.pt"))  # the notebook's own load (weights_only by default)
+    x = resize(load_fashion_mnist("test")[0][:8], 67)
+    with torch.inference_mode():
+        torch.testing.assert_close(net.eval()(x), nin.load(run).model(x))
+    out = tmp_path / "elsewhere.pt"
+    assert main(["export", str(run), "--out", str(out), "--format", "state-dict"]) == 0 and out.is_file()
+
+
+def test_what_is_not_a_known_network_gets_one_clear_error(trained_run, tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(
+        NinError, match="other.pt: not a nin checkpoint, and a state_dict of a network nin does not know"
+    ):
+        nin.load(path)
+    with pytest.raises(NinError, match="--resize 99: .* is a nin checkpoint, trained at 67x67"):
+        nin.load(trained_run, resize=99)
+    torch.save(seed_net().state_dict(), path)
+    with pytest.raises(NinError, match="resize 20 is too small"):
+        nin.load(path, resize=20)
