@@ -3,6 +3,7 @@ and `nin export` writes one the notebook loads with `net.load_state_dict(torch.l
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -64,3 +65,33 @@ def test_what_is_not_a_known_network_gets_one_clear_error(trained_run, tmp_path)
     torch.save(seed_net().state_dict(), path)
     with pytest.raises(NinError, match="resize 20 is too small"):
         nin.load(path, resize=20)
+
+
+def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_path, capsys):
+    """The exported ONNX model through onnxruntime: the logits of 1,000 real test images within 1e-4 of
+    PyTorch's, the same predictions, any batch size, and the run's facts in the metadata."""
+    onnx = pytest.importorskip("onnx")  # the export extra, which `make` installs
+    from nin.export import onnx_logits
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert capsys.readouterr().out.strip() == f"ONNX model: {run / 'model.onnx'}"
+    model = nin.load(run)
+    x = resize(load_fashion_mnist("test")[0][:1000], model.config.resize)
+    with torch.inference_mode():
+        expected = model.model(x)
+    for batch in (x, x[:1]):
+        got = onnx_logits(run / "model.onnx", batch)
+        assert (got - expected[: len(batch)]).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), expected[: len(batch)].argmax(1))
+    props = {p.key: p.value for p in onnx.load(run / "model.onnx").metadata_props}
+    assert json.loads(props["class_names"])[9] == "Ankle boot" and json.loads(props["input_size"]) == [1, 67, 67]
+    assert props["dataset"] == "fashion-mnist" and props["nin_version"] == nin.__version__
+
+
+def test_onnx_without_the_export_extra_is_one_clear_error(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "ONNX export needs the export extra: pip install 'nin[export]'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

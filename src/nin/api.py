@@ -111,15 +111,24 @@ class Run:
         """
         return write_report(self, Path(out) if out else RunDir(self.path).file("report"), data_dir, device, test_limit)
 
-    def export(self, out: str | Path | None = None) -> Path:
-        """Write the trained weights as a plain state_dict (default: weights.pt in the run directory),
-        which the seed notebook loads into its own `nn.Sequential` with
-        `net.load_state_dict(torch.load(path))`; returns its path.
+    def export(self, out: str | Path | None = None, format: str = "state-dict") -> Path:
+        """Write the trained network out; returns the file's path. `state-dict`: the weights as a plain
+        state_dict (default: weights.pt in the run directory), which the seed notebook loads into its own
+        `nn.Sequential` with `net.load_state_dict(torch.load(path))`. `onnx`: an ONNX model for
+        onnxruntime (default: model.onnx), float32 (N, 1, H, W) images in [0, 1] in, logits out.
 
         >>> run.export("nin.pt")
         PosixPath('nin.pt')
+        >>> run.export("nin.onnx", format="onnx")
+        PosixPath('nin.onnx')
         """
-        path = Path(out) if out else RunDir(self.path).file("weights")
+        if format not in ("state-dict", "onnx"):
+            raise NinError(f"unknown export format {format!r}; choose from state-dict, onnx")
+        path = Path(out) if out else RunDir(self.path).file("weights" if format == "state-dict" else "onnx")
+        if format == "onnx":
+            from nin.export import to_onnx  # the ONNX packages: only when asked for
+
+            return to_onnx(self.model, self.config, path)
         atomic_torch_save(self.model.state_dict(), path)
         return path
 

@@ -117,10 +117,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
     _add_data_dir(p)
 
-    p = commands.add_parser("export", help="the trained weights as a plain state_dict, for the seed notebook")
+    p = commands.add_parser("export", help="the trained network as a plain state_dict (the seed's) or ONNX")
     p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--format", default="state-dict", choices=("state-dict",), help="default: state-dict")
-    p.add_argument("--out", type=Path, help="the file (default: weights.pt in the run directory)")
+    p.add_argument("--format", default="state-dict", choices=("state-dict", "onnx"), help="default: state-dict")
+    p.add_argument("--out", type=Path, help="the file (default: weights.pt or model.onnx in the run directory)")
     _add_resize(p)
     return parser
 
@@ -328,7 +328,8 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    print(f"state_dict: {load(args.checkpoint, args.resize).export(args.out)}")
+    path = load(args.checkpoint, args.resize).export(args.out, args.format)
+    print(f"{'ONNX model' if args.format == 'onnx' else 'state_dict'}: {path}")
     return 0
 
 

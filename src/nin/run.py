@@ -41,6 +41,7 @@ FILES = {
     "compare_md": ("compare.md", "nin compare --out RUN_DIR"),
     "compare_png": ("compare.png", "nin compare --out RUN_DIR"),
     "weights": ("weights.pt", "nin export: the weights as a plain state_dict"),
+    "onnx": ("model.onnx", "nin export --format onnx"),
 }
 
 
