@@ -80,3 +80,16 @@ def test_guard_benchmark_prints_both_loops_and_the_cost():
     assert lines[0].startswith("nin-bn width 16, batch 8, cpu") and "2 rounds of 2 steps" in lines[0]
     assert [line[:16].strip() for line in lines[1:]] == ["no read", "read every step", "read cost"]
     assert all(len(line[16:].split(" / ")) == 3 for line in lines[1:])
+
+
+def test_inference_benchmark_prints_both_engines_for_both_networks():
+    pytest.importorskip("onnxruntime")
+    script = Path(__file__).parents[1] / "benchmarks" / "inference.py"
+    result = subprocess.run([sys.executable, str(script), "--calls", "2", "--rounds", "1", "--batch", "4"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("fast", "pytorch"), ("fast", "onnxruntime"), ("d2l", "pytorch"),
+                                            ("d2l", "onnxruntime")]  # fmt: skip
+    assert all(float(r[2]) > 0 and r[3] == "ms" and float(r[4]) > 0 and float(r[6].replace(",", "")) > 0 for r in rows)
+    assert "torchvision is not installed" not in result.stderr  # the exporter's noise is silenced

@@ -71,7 +71,7 @@ def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_p
     """The exported ONNX model through onnxruntime: the logits of 1,000 real test images within 1e-4 of
     PyTorch's, the same predictions, any batch size, and the run's facts in the metadata."""
     onnx = pytest.importorskip("onnx")  # the export extra, which `make` installs
-    from nin.export import onnx_logits
+    from nin.export import OnnxModel
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -82,7 +82,7 @@ def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_p
     with torch.inference_mode():
         expected = model.model(x)
     for batch in (x, x[:1]):
-        got = onnx_logits(run / "model.onnx", batch)
+        got = OnnxModel(run / "model.onnx")(batch)
         assert (got - expected[: len(batch)]).abs().max() <= 1e-4
         assert torch.equal(got.argmax(1), expected[: len(batch)].argmax(1))
     props = {p.key: p.value for p in onnx.load(run / "model.onnx").metadata_props}
@@ -95,3 +95,18 @@ def test_onnx_without_the_export_extra_is_one_clear_error(trained_run, tmp_path,
     assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "ONNX export needs the export extra: pip install 'nin[export]'" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_predict_with_an_onnx_model_gives_pytorchs_answer(trained_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    png = tmp_path / "boot.png"
+    Image.fromarray(load_fashion_mnist("test")[0][0].numpy()).save(png)
+    onnx_file = nin.load(trained_run).export(tmp_path / "m.onnx", format="onnx")
+    assert main(["predict", str(onnx_file), str(png), "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)[0]["top"]
+    theirs = nin.load(trained_run).predict([png])[0]["top"]
+    assert [t["class"] for t in ours] == [t["class"] for t in theirs]
+    assert [t["prob"] for t in ours] == pytest.approx([t["prob"] for t in theirs], abs=1e-5)
+    (tmp_path / "bad.onnx").write_text("not a model")
+    assert main(["predict", str(tmp_path / "bad.onnx"), str(png)]) == 2
+    assert "bad.onnx: not an ONNX model written by nin export" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
 
     p = commands.add_parser("predict", help="top-3 classes for PNG/JPEG images")
-    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     _add_resize(p)
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -291,7 +291,14 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    results = load(args.checkpoint, args.resize).predict(args.images)
+    if args.checkpoint.suffix == ".onnx":  # an exported model, through onnxruntime
+        from nin.evaluate import predict as predict_images
+        from nin.export import OnnxModel
+
+        model = OnnxModel(args.checkpoint)
+        results = predict_images(model, model.resize, args.images)
+    else:
+        results = load(args.checkpoint, args.resize).predict(args.images)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -10,6 +10,7 @@ so it is the one used; its 3 s happen once per export.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -34,6 +35,8 @@ def to_onnx(model: nn.Module, config: Config, path: Path) -> Path:
         raise NinError(f"ONNX export needs the export extra: {EXTRA}") from None
     from nin import __version__
 
+    # the exporter logs a warning per torchvision operator it cannot register; nin uses none of them
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     example = torch.zeros(2, 1, config.resize, config.resize)
     program = torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=["logits"],
                                 dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
@@ -52,11 +55,25 @@ def to_onnx(model: nn.Module, config: Config, path: Path) -> Path:
     return path
 
 
-def onnx_logits(path: Path, images: torch.Tensor) -> torch.Tensor:
-    """The logits onnxruntime computes for float `images` (N, 1, H, W) with the ONNX file `path`."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise NinError(f"running an ONNX model needs onnxruntime: {EXTRA}") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+class OnnxModel:
+    """An exported ONNX model run by onnxruntime, called like the network it came from: float images
+    (N, 1, H, W) in, logits out; `resize` is its input side length, from the model's metadata."""
+
+    def __init__(self, path: Path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise NinError(f"running an ONNX model needs onnxruntime: {EXTRA}") from None
+        ort = onnxruntime.capi.onnxruntime_pybind11_state  # its errors derive from Exception alone
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.resize = json.loads(self.session.get_modelmeta().custom_metadata_map["input_size"])[-1]
+        except (ort.Fail, ort.InvalidProtobuf, ort.InvalidGraph, ort.NoSuchFile, KeyError, ValueError, OSError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise NinError(f"{path}: not an ONNX model written by nin export ({first})") from None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {"images": images.numpy()})[0])
+
+    def eval(self) -> OnnxModel:
+        return self
