@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from helpers import SHORT
-from nin.data import BUNDLED, FILES
+from nin.data import BUNDLED, IDX
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +20,7 @@ def data_copy(tmp_path) -> Path:
     """A writable copy of the bundled Fashion-MNIST files."""
     folder = tmp_path / "fashion-mnist"
     folder.mkdir()
-    for name in FILES:
+    for name in IDX["fashion-mnist"].sha256:
         shutil.copy(BUNDLED / name, folder / name)
     return folder
 

@@ -76,7 +76,8 @@ def test_train_returns_the_run_it_wrote(tmp_path, capsys):
     assert [m["epoch"] for m in run.metrics] == [1] and run.test_acc == run.metrics[-1]["test_acc"]
     assert not run.model.training and {p.device.type for p in run.model.parameters()} == {"cpu"}
     assert run.record["sessions"][0]["status"] == "finished"
-    assert repr(run) == f"Run('{run.path}': nin-bn at 28x28, 1 of 1 epochs, test acc {run.test_acc:.4f})"
+    expected = f"Run('{run.path}': nin-bn on fashion-mnist at 28x28, 1 of 1 epochs, test acc {run.test_acc:.4f})"
+    assert repr(run) == expected
     again = nin.load(run.checkpoint)
     assert again.path == run.path and again.record == run.record
     for key, value in run.model.state_dict().items():
@@ -131,7 +132,7 @@ def test_predict_takes_image_files_or_a_tensor_and_leaves_the_model_as_it_was(tr
     assert [r["top"] for r in from_files] == [r["top"] for r in from_tensor]  # PNG round trip is lossless
     (one,) = run.predict(paths[0])  # one file needs no list
     assert [t["class"] for t in one["top"]] == [t["class"] for t in from_files[0]["top"]]
-    with pytest.raises(NinError, match=r"expected a uint8 tensor of shape \(N, 28, 28\), got torch.float32"):
+    with pytest.raises(NinError, match=r"expected a uint8 tensor of shape \(N, 1, 28, 28\), got torch.float32"):
         run.predict(images[:3].float())
     weight = next(run.model.parameters())
     before = weight.clone()

@@ -40,8 +40,8 @@ def test_head_share_counts_what_follows_the_last_pooling():
     assert head_params(nin_fc_head(99)) == head_params(NiN()) + 40 * 10 + 10  # 10 maps of 2x2 at 99
 
 
-def tiny(resize):
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+def tiny(resize, channels=1, classes=10):
+    return nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(8 * 14 * 14, 10))  # fmt: skip
 
 
@@ -74,7 +74,7 @@ def test_every_model_gets_the_budget_and_learns(with_tiny, tmp_path):
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["rows"] == rows and saved["recipe"]["budget"] == 6000
     table = (tmp_path / "compare.md").read_text().splitlines()
-    assert table[0].startswith("6,000 training images per model at 28x28") and table[-1].startswith("| a tiny CNN |")
+    assert table[0].startswith("6,000 training images of fashion-mnist per model at 28x28") and table[-1].startswith("| a tiny CNN |")
     with Image.open(tmp_path / "compare.png") as png:
         assert png.format == "PNG"
 

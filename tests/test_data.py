@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from nin import data
-from nin.data import CLASS_NAMES, FILES, Batches, augment, load_fashion_mnist, random_erase, resize, split
+from nin.data import CLASS_NAMES, IDX, Batches, Dataset, augment, load_fashion_mnist, random_erase, resize, split
 from nin.errors import NinError
+
+FILES = IDX["fashion-mnist"].sha256
 
 
 def test_bundled_data_is_the_real_fashion_mnist():
@@ -31,8 +33,8 @@ def test_bundled_data_is_the_real_fashion_mnist():
 def test_data_dir_and_environment_variable(data_copy, monkeypatch):
     x, _ = load_fashion_mnist("test", data_copy)
     assert x.shape == (10000, 28, 28)
-    monkeypatch.setenv("NIN_DATA_DIR", str(data_copy))
-    assert data.default_data_dir() == data_copy
+    monkeypatch.setenv("NIN_DATA_DIR", str(data_copy.parent))  # the root: one folder per dataset in it
+    assert data.default_data_dir() == data_copy and data.default_data_dir("mnist") == data_copy.parent / "mnist"
 
 
 def test_checksum_is_cached_and_rechecked_when_the_file_changes(data_copy, monkeypatch):
@@ -40,12 +42,12 @@ def test_checksum_is_cached_and_rechecked_when_the_file_changes(data_copy, monke
     real = data._sha256
     monkeypatch.setattr(data, "_sha256", lambda blob: calls.append(len(blob)) or real(blob))
     load_fashion_mnist("test", data_copy)
-    assert sorted(calls) == [5148, 4422102]  # both test files hashed
+    assert sorted(calls) == [10008, 7840016]  # both test files' decompressed content hashed
     load_fashion_mnist("test", data_copy)
     assert len(calls) == 2  # cached: not hashed again
     os.utime(data_copy / "t10k-labels-idx1-ubyte.gz", ns=(0, 0))
     load_fashion_mnist("test", data_copy)
-    assert calls[2:] == [5148]  # a touched file is verified again
+    assert calls[2:] == [10008]  # a touched file is verified again
 
 
 def _rewrite(path, payload: bytes) -> None:
@@ -171,19 +173,22 @@ def test_unshuffled_batches_are_in_order():
     assert next(iter(loader))[0].shape == (2, 1, 67, 67)
 
 
-def test_files_table_matches_the_bundled_copy():
-    for name, (sha, _, _) in FILES.items():
-        assert hashlib.sha256((data.BUNDLED / name).read_bytes()).hexdigest() == sha
+def test_files_table_matches_the_bundled_copies():
+    for name, idx in IDX.items():
+        for file, sha in idx.sha256.items():
+            assert hashlib.sha256(gzip.decompress((data.REPO_DATA / name / file).read_bytes())).hexdigest() == sha
 
 
 def test_validation_split_is_fixed_disjoint_and_complete():
-    images, labels = torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1), torch.arange(100)
-    (train_x, train_y), (val_x, val_y) = split(images, labels, 20)
-    assert len(val_y) == 20 and len(train_y) == 80
-    assert sorted(train_y.tolist() + val_y.tolist()) == list(range(100))
-    assert torch.equal(train_x.flatten().long(), train_y)  # images stay with their labels
-    assert torch.equal(split(images, labels, 20)[1][1], val_y)  # the same images every time
-    assert val_y.tolist() != list(range(20))  # drawn at random, not the first ones
+    whole = Dataset(torch.arange(100, dtype=torch.uint8).reshape(100, 1, 1, 1), torch.arange(100), ("a",))
+    train, val = split(whole, 20)
+    assert len(val) == 20 and len(train) == 80
+    assert sorted(train.labels.tolist() + val.labels.tolist()) == list(range(100))
+    assert torch.equal(train.images.flatten().long(), train.labels)  # images stay with their labels
+    assert torch.equal(split(whole, 20)[1].labels, val.labels)  # the same images every time
+    assert val.labels.tolist() != list(range(20))  # drawn at random, not the first ones
+    with pytest.raises(NinError, match="the training set has 100 images"):
+        split(whole, 100)
 
 
 def test_augment_flips_and_shifts_each_image_on_its_own():

@@ -38,9 +38,9 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(traine
     with torch.inference_mode():
         x = torch.cat([x for x, _ in batches])
         expected = (net(x).softmax(1) + net(x.flip(3)).softmax(1)).argmax(1)
-    matrix = confusion_matrix(net, batches, tta=True)
+    matrix = confusion_matrix(net, batches, 10, tta=True)
     assert torch.equal(matrix, torch.bincount(labels[:500] * 10 + expected, minlength=100).reshape(10, 10))
-    assert not torch.equal(matrix, confusion_matrix(net, batches))  # the mirror images change some answers
+    assert not torch.equal(matrix, confusion_matrix(net, batches, 10))  # the mirror images change some answers
     result = run.evaluate(device="cpu", test_limit=500, plot=tmp_path / "cm.png", tta=True)
     assert result["tta"] and result["test_acc"] == pytest.approx(matrix.diag().sum().item() / 500, abs=1e-9)
 
@@ -68,7 +68,7 @@ def test_any_size_and_mode_becomes_28x28_grayscale(tmp_path):
     Image.new("RGBA", (300, 200), (255, 255, 255, 128)).save(rgba)
     jpeg = tmp_path / "photo.jpg"
     Image.new("RGB", (64, 64), (0, 0, 0)).save(jpeg)
-    assert load_image(rgba).shape == (28, 28) and load_image(rgba).dtype == torch.uint8
+    assert load_image(rgba).shape == (1, 28, 28) and load_image(rgba).dtype == torch.uint8
     assert int(load_image(rgba).min()) == 255
     assert int(load_image(jpeg).max()) == 0
 

@@ -1,11 +1,12 @@
 """One training step for nin train and nin compare: the same recipe, seed and data give the same weights."""
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from nin import compare as compare_module
 from nin.config import Config, Recipe
-from nin.data import load_fashion_mnist
 from nin.model import NiN
 from nin.runtime import Runtime, local
 from nin.step import EpochState, train_step
@@ -13,16 +14,14 @@ from nin.train import train
 
 
 def test_compare_and_train_end_with_identical_weights(tmp_path, monkeypatch):
-    def first_images(split, data_dir=None):  # what --train-limit 256 --test-limit 100 give nin train
-        x, y = load_fashion_mnist(split, data_dir)
-        n = 256 if split == "train" else 100
-        return x[:n], y[:n]
-
-    monkeypatch.setattr(compare_module, "load_fashion_mnist", first_images)
+    real = compare_module.splits  # compare's data cut as --train-limit 256 --test-limit 100 cut nin train's
+    limited = lambda config, data_dir: real(dataclasses.replace(config, train_limit=256, test_limit=100), data_dir)  # noqa: E731
+    monkeypatch.setattr(compare_module, "splits", limited)
     recipe = Recipe(budget=512, resize=67, batch_size=64, lr=0.01, momentum=0.9, seed=3, device="cpu",
                     precision="fp32")  # fmt: skip
     rt = local("cpu", "fp32")
-    net, row = compare_module.train_model("nin", recipe, *compare_module.batches(recipe, None, rt), rt)
+    train_iter, test_iter, _ = compare_module.batches(recipe, None, rt)
+    net, row = compare_module.train_model("nin", recipe, train_iter, test_iter, rt)
 
     config = Config(arch="nin", resize=67, batch_size=64, lr=0.01, momentum=0.9, seed=3, init="kaiming",
                     dropout=0.5, epochs=2, train_limit=256, test_limit=100, device="cpu", precision="fp32")  # fmt: skip

@@ -177,7 +177,7 @@ def test_nin_bn_with_the_new_ingredients_learns_and_reports_val_acc(tmp_path, ca
                     init="kaiming", dropout=0.0, train_limit=2048, test_limit=1000, val_split=1000,
                     device="cpu", precision="fp32")  # fmt: skip
     history = train(config, tmp_path)
-    assert "2048 training / 1000 validation / 1000 test images at 28x28" in capsys.readouterr().out
+    assert "2048 training / 1000 validation / 1000 test images of fashion-mnist at 28x28" in capsys.readouterr().out
     assert [set(m) >= {"val_acc", "test_acc"} for m in history] == [True, True]
     assert history[-1]["val_acc"] > 0.6 and history[-1]["test_acc"] > 0.6  # chance is 0.1
     run = load(tmp_path)

@@ -16,6 +16,7 @@ from torch import nn
 from nin.cam import cam as draw_class_maps
 from nin.checkpoint import load_checkpoint, load_weights, model_from_state
 from nin.config import Config, from_dict, load_config, load_preset
+from nin.data import Spec
 from nin.errors import NinError
 from nin.evaluate import Images
 from nin.evaluate import evaluate as evaluate_model
@@ -33,8 +34,9 @@ DEFAULT_PRESET = "fast"
 @dataclass(eq=False, repr=False)
 class Run:
     """A trained run, as `nin.train` returns it and `nin.load` reads it: its directory (`path`), checkpoint
-    file, `config`, per-epoch `metrics`, final `test_acc`, the trained `model` (in eval mode, on the CPU) and
-    the run `record` (run.json: how the run was made; None without one).
+    file, `config`, per-epoch `metrics`, final `test_acc`, the trained `model` (in eval mode, on the CPU), the
+    run `record` (run.json: how the run was made; None without one) and its data's `spec` (dataset, class
+    names, channels, image size).
 
     >>> run = nin.load("runs/fast")
     >>> run.test_acc, run.config.epochs, len(run.metrics)
@@ -47,11 +49,22 @@ class Run:
     model: NiN
     metrics: list[dict]
     record: dict | None
+    spec: Spec
 
     def __repr__(self) -> str:
         acc = "no epoch yet" if self.test_acc is None else f"test acc {self.test_acc:.4f}"
         c = self.config
-        return f"Run('{self.path}': {c.arch} at {c.resize}x{c.resize}, {len(self.metrics)} of {c.epochs} epochs, {acc})"
+        return (f"Run('{self.path}': {c.arch} on {self.spec.dataset} at {c.resize}x{c.resize}, "
+                f"{len(self.metrics)} of {c.epochs} epochs, {acc})")  # fmt: skip
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names, in the order of the network's outputs.
+
+        >>> nin.load("runs/fast").classes[:3]
+        ('T-shirt/top', 'Trouser', 'Pullover')
+        """
+        return self.spec.classes
 
     @property
     def test_acc(self) -> float | None:
@@ -73,12 +86,13 @@ class Run:
         (0.918, 0.72)
         """
         png = Path(plot) if plot else RunDir(self.path).file("confusion")
-        result = evaluate_model(self.model, self.config, png, data_dir, device, test_limit, tta)
+        result = evaluate_model(self.model, self.config, self.spec, png, data_dir, device, test_limit, tta)
         return {"checkpoint": str(self.checkpoint), **result, "record": self.record}
 
     def predict(self, images: Images, top: int = 3) -> list[dict]:
-        """The `top` classes with probabilities for each image: image files (PNG or JPEG, any size, made
-        28x28 grayscale) or a uint8 tensor (N, 28, 28) like Fashion-MNIST's.
+        """The `top` classes with probabilities for each image: image files (PNG or JPEG, any size, brought to
+        the run's data format: 28x28 grayscale for Fashion-MNIST) or a uint8 tensor like the run's data,
+        (N, C, H, W), or (N, H, W) for grayscale.
 
         >>> run.predict(["shirt.png"])
         [{'image': 'shirt.png', 'top': [{'class': 'Shirt', 'prob': 0.81}, ...]}]
@@ -86,7 +100,7 @@ class Run:
         >>> run.predict(images[:2], top=1)
         [{'image': 'image 0', 'top': [{'class': 'Ankle boot', 'prob': 0.99}]}, ...]
         """
-        return predict_images(self.model, self.config.resize, images, top)
+        return predict_images(self.model, self.config.resize, self.spec, images, top)
 
     def cam(self, images: Images | None = None, test_samples: int = 0, data_dir: str | Path | None = None,
             out: str | Path | None = None) -> dict:  # fmt: skip
@@ -99,7 +113,8 @@ class Run:
         ('runs/fast/cam.png', {'image': 'test image 0', 'predicted': 'Ankle boot', 'prob': 0.99, ...})
         """
         png = Path(out) if out else RunDir(self.path).file("cam")
-        rows = draw_class_maps(self.model, self.config.resize, self.checkpoint, png, images, test_samples, data_dir)
+        rows = draw_class_maps(self.model, self.config, self.spec, self.checkpoint, png, images, test_samples,
+                               data_dir)  # fmt: skip
         return {"checkpoint": str(self.checkpoint), "png": str(png), "images": rows}
 
     def report(self, data_dir: str | Path | None = None, device: str = "auto", test_limit: int = 0,
@@ -115,7 +130,7 @@ class Run:
         """Write the trained network out; returns the file's path. `state-dict`: the weights as a plain
         state_dict (default: weights.pt in the run directory), which the seed notebook loads into its own
         `nn.Sequential` with `net.load_state_dict(torch.load(path))`. `onnx`: an ONNX model for
-        onnxruntime (default: model.onnx), float32 (N, 1, H, W) images in [0, 1] in, logits out.
+        onnxruntime (default: model.onnx), float32 (N, C, H, W) images in [0, 1] in, logits out.
 
         >>> run.export("nin.pt")
         PosixPath('nin.pt')
@@ -128,7 +143,7 @@ class Run:
         if format == "onnx":
             from nin.export import to_onnx  # the ONNX packages: only when asked for
 
-            return to_onnx(self.model, self.config, path)
+            return to_onnx(self.model, self.config, self.spec, path)
         atomic_torch_save(self.model.state_dict(), path)
         return path
 
@@ -138,7 +153,7 @@ class Run:
         >>> [row["output_shape"] for row in run.summary()][-1]
         (1, 10)
         """
-        return layer_summary(self.model, self.config.resize)
+        return layer_summary(self.model, self.config.resize, self.spec.channels)
 
 
 def load(path: str | Path, resize: int | None = None) -> Run:
@@ -153,9 +168,9 @@ def load(path: str | Path, resize: int | None = None) -> Run:
     """
     run, checkpoint = RunDir.of(Path(path))
     state = load_weights(checkpoint, resize)
-    model, config = model_from_state(state, checkpoint)
+    model, config, spec = model_from_state(state, checkpoint)
     record = run.record() if checkpoint == run.file("checkpoint") else None  # another file: not this run's record
-    return Run(run.path, checkpoint, config, model, state["metrics"], record)
+    return Run(run.path, checkpoint, config, model, state["metrics"], record, spec)
 
 
 def train(preset: str | os.PathLike | Config | None = None, out: str | Path | None = None,

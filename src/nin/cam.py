@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nin.data import CLASS_NAMES, load_fashion_mnist, resize
+from nin.config import Config
+from nin.data import Spec, resize, test_set
 from nin.errors import NinError
 from nin.evaluate import Images, load_images
 from nin.model import MAX_RESIZE, NiN, feature_sizes
@@ -30,31 +31,32 @@ def class_maps(net: NiN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cam(
     net: NiN,
-    size: int,
+    config: Config,
+    spec: Spec,
     checkpoint: Path,
     out: Path,
     images: Images | None = None,
     test_samples: int = 0,
     data_dir: Path | None = None,
 ) -> list[dict]:
-    """Class maps of `net` (trained at `size`, from `checkpoint`) for `images` (files or a uint8 tensor: see
-    `load_images`), or for the first `test_samples` test images (whose true class is known), drawn as heat
-    maps over the input for the predicted and the true class into the PNG grid `out`; returns each image's
-    prediction."""
+    """Class maps of `net` (trained with `config` on `spec`'s data, from `checkpoint`) for `images` (files
+    or a uint8 tensor: see `load_images`), or for the first `test_samples` test images (whose true class
+    is known), drawn as heat maps over the input for the predicted and the true class into the PNG grid
+    `out`; returns each image's prediction."""
     if (images is None) == (not test_samples):
         raise NinError("give either image files or --test-samples N, not both and not neither")
     if test_samples < 0:
         raise NinError(f"--test-samples {test_samples}: give a number of test images, 1 to {MAX_IMAGES}")
-    check_maps(net, checkpoint, size)
+    check_maps(net, checkpoint, config.resize)
     if images is not None:
-        (x, names), labels = load_images(images), None
+        (x, names), labels = load_images(images, spec), None
     else:
-        x, labels = load_fashion_mnist("test", data_dir)
-        x, labels = x[:test_samples], labels[:test_samples]
-        names = [f"test image {i}" for i in range(test_samples)]
+        data = test_set(config, data_dir or spec.data_dir)[:test_samples]
+        x, labels = data.images, data.labels
+        names = [f"test image {i}" for i in range(len(x))]
     if len(x) > MAX_IMAGES:
         raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
-    return draw_cams(net, size, x, labels, names, out)
+    return draw_cams(net, config.resize, spec.classes, x, labels, names, out)
 
 
 def check_maps(net: NiN, checkpoint: Path, size: int) -> None:
@@ -68,20 +70,19 @@ def check_maps(net: NiN, checkpoint: Path, size: int) -> None:
         )
 
 
-def draw_cams(
-    net: NiN, size: int, images: torch.Tensor, labels: torch.Tensor | None, names: list[str], out: Path
-) -> list[dict]:
-    """Draw the grid of uint8 `images` (28x28) to `out`; returns each image's prediction."""
+def draw_cams(net: NiN, size: int, classes: tuple[str, ...], images: torch.Tensor, labels: torch.Tensor | None,
+              names: list[str], out: Path) -> list[dict]:  # fmt: skip
+    """Draw the grid of uint8 `images` (N, C, H, W) of `classes` to `out`; returns each image's prediction."""
     x = resize(images, size)
     with torch.inference_mode():
         maps, logits = class_maps(net, x)
     probs = logits.softmax(dim=1)
     heat = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    plot_cams(x[:, 0], heat, probs, labels, names, CLASS_NAMES, out)
+    plot_cams(x, heat, probs, labels, names, classes, out)
     rows = []
     for i, name in enumerate(names):
         p = int(probs[i].argmax())
-        rows.append({"image": name, "predicted": CLASS_NAMES[p], "prob": probs[i, p].item()})
+        rows.append({"image": name, "predicted": classes[p], "prob": probs[i, p].item()})
         if labels is not None:
-            rows[-1].update(true=CLASS_NAMES[labels[i]], true_prob=probs[i, labels[i]].item())
+            rows[-1].update(true=classes[labels[i]], true_prob=probs[i, labels[i]].item())
     return rows

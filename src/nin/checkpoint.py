@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from nin.config import Config, from_dict
+from nin.data import Spec
 from nin.errors import NinError
 from nin.io import atomic_torch_save
 from nin.model import NiN, build, check_resize
@@ -24,6 +25,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     position: dict,
     config: Config,
+    spec: Spec,
     metrics: list[dict],
     rng: list,
     cuda_rng: list,
@@ -31,7 +33,8 @@ def save_checkpoint(
     """Everything needed to continue the run exactly, or to evaluate it.
 
     `position`: completed epochs, completed steps of the current epoch, the epoch's running sums
-    (loss, correct, examples, seconds) and the number of processes; `rng`/`cuda_rng`: each rank's state.
+    (loss, correct, examples, seconds) and the number of processes; `spec`: the data's classes,
+    channels and image size; `rng`/`cuda_rng`: each rank's state.
     """
     state = {
         "format": FORMAT,
@@ -39,6 +42,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "position": position,
         "config": config.to_dict(),
+        "data": spec.to_dict(),
         "metrics": metrics,
         "rng": {"torch": rng, "cuda": cuda_rng},
     }
@@ -87,7 +91,8 @@ def load_weights(path: Path, resize: int | None = None) -> dict:
     224 for the seed's NiN), no metrics and no record."""
     state = _read(path)
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return {"model": state, "config": _recognise(state, path, resize).to_dict(), "metrics": []}
+        config, spec = _recognise(state, path, resize)
+        return {"model": state, "config": config.to_dict(), "data": spec.to_dict(), "metrics": []}
     state = _check(path, state)
     if resize is not None:
         raise NinError(f"--resize {resize}: {path} is a nin checkpoint, trained at {state['config']['resize']}x"
@@ -121,33 +126,39 @@ def _check(path: Path, state: object) -> dict:
     return state
 
 
-def _recognise(weights: dict, path: Path, resize: int | None) -> Config:
-    """The settings of the network whose state_dict `weights` is: the seed's NiN, or nin-bn of some width."""
+def _recognise(weights: dict, path: Path, resize: int | None) -> tuple[Config, Spec]:
+    """The settings of the network whose state_dict `weights` is (the seed's NiN, or nin-bn of some width)
+    and a Fashion-MNIST-like spec of its data (channels and classes from the first and last weights)."""
     from nin.config import load_preset
 
     candidates = [load_preset("d2l")]
     if "0.0.weight" in weights and "0.1.running_mean" in weights:  # BatchNorm after the first conv: nin-bn
         candidates.append(dataclasses.replace(load_preset("fast"), width=weights["0.0.weight"].shape[0]))
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    first, last = next(iter(weights.values())), list(weights.values())[-1]
+    channels, classes = (first.shape[1], last.shape[0]) if first.dim() == 4 else (1, 10)
+    other = (channels, classes) != (1, 10)  # not Fashion-MNIST's shape: class names unknown
+    spec = Spec("unknown", tuple(str(i) for i in range(classes)), channels) if other else Spec()
     for config in candidates:
-        net = build(config.arch, config.dropout, config.width)
+        net = build(config.arch, config.dropout, config.width, channels, classes)
         if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
             config = dataclasses.replace(config, resize=resize or config.resize)
             check_resize(net, config.resize)
-            return config
+            return config, spec
     raise NinError(
         f"{path}: not a nin checkpoint, and a state_dict of a network nin does not know: its keys and shapes "
         "are neither the seed's NiN (d2l's nn.Sequential) nor nin-bn's; use a checkpoint.pt written by nin train"
     )
 
 
-def model_from_state(state: dict, path: Path) -> tuple[NiN, Config]:
-    """The trained network (in eval mode, on the CPU) and the config it was trained with, from the
-    contents of the checkpoint file `path` (named in errors)."""
+def model_from_state(state: dict, path: Path) -> tuple[NiN, Config, Spec]:
+    """The trained network (in eval mode, on the CPU), the config it was trained with and its data's spec,
+    from the contents of the checkpoint file `path` (named in errors)."""
     config = from_dict(state["config"], source=str(path))
-    net = build(config.arch, config.dropout, config.width)
+    spec = Spec.from_dict(state.get("data"))
+    net = build(config.arch, config.dropout, config.width, spec.channels, len(spec.classes), config.normalize)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as e:
         raise NinError(f"{path}: weights do not fit the {config.arch} model ({str(e).splitlines()[0]})") from None
-    return net.eval(), config
+    return net.eval(), config, spec

@@ -20,18 +20,24 @@ from nin.run import new_run_path
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nin", description="d2l's Network in Network on Fashion-MNIST.", allow_abbrev=False
+        prog="nin",
+        description="d2l's Network in Network on Fashion-MNIST, MNIST, CIFAR and your own images.",
+        allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser = partial(commands.add_parser, allow_abbrev=False)  # --epoch must not mean --epochs
 
     p = commands.add_parser("summary", help="layers, output shapes, parameters and MACs")
     p.add_argument("--preset", help="the network of a preset, at its resize (default: the seed's NiN)")
-    p.add_argument("--resize", type=int, help="input side length (default: the preset's, else 224)")
+    for name in ("arch", "width", "resize", "dataset"):
+        field = FIELDS[name]
+        p.add_argument(f"--{name}", type=type(field.default), choices=field.metadata["choices"] or None,
+                       help=f"default: the preset's; {field.metadata['help']}")  # fmt: skip
+    _add_data_dir(p)
 
     p = commands.add_parser(
         "train",
-        help="train NiN on Fashion-MNIST",
+        help="train NiN (on Fashion-MNIST, or --dataset mnist, cifar10, cifar100, folder)",
         description="Settings come from the preset (or config file), then from the flags.",
     )
     _add_config_flags(p)
@@ -101,6 +107,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=Recipe.lr, help=f"SGD learning rate (default {Recipe.lr})")
     p.add_argument("--momentum", type=float, default=Recipe.momentum, help=f"default {Recipe.momentum}")
     p.add_argument("--seed", type=int, default=Recipe.seed, help=f"default {Recipe.seed}")
+    p.add_argument("--dataset", default=Recipe.dataset, choices=FIELDS["dataset"].metadata["choices"],
+                   help=f"default {Recipe.dataset}")  # fmt: skip
+    p.add_argument("--image-size", type=int, default=Recipe.image_size, help=FIELDS["image_size"].metadata["help"])
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: auto")
@@ -161,7 +170,9 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
-        help="folder with the four Fashion-MNIST .gz files (default $NIN_DATA_DIR, else the bundled copy)",
+        help="the dataset's folder: the four IDX .gz files (Fashion-MNIST, MNIST), the CIFAR archive (downloaded "
+        "there if missing), or the image folder of --dataset folder (default $NIN_DATA_DIR/<dataset>, else the "
+        "bundled copy, else ~/.cache/nin/<dataset>; a folder run remembers its own)",
     )
 
 
@@ -204,13 +215,18 @@ def keep_freed_memory() -> bool:
 
 
 def summary(args: argparse.Namespace) -> int:
+    from nin.data import shape_of
     from nin.model import build, check_resize, layer_summary
 
     config = load_preset(args.preset) if args.preset else Config()
-    size = args.resize or config.resize
-    net = build(config.arch, config.dropout, config.width)
-    check_resize(net, size)
-    rows = layer_summary(net, size)
+    config = dataclasses.replace(config, **{k: getattr(args, k) for k in ("arch", "width", "resize", "dataset")
+                                            if getattr(args, k) is not None})  # fmt: skip
+    channels, classes = shape_of(config.dataset, args.data_dir)
+    net = build(config.arch, config.dropout, config.width, channels, classes, config.normalize)
+    check_resize(net, config.resize)
+    size = config.resize
+    print(f"{config.arch} for {config.dataset}: {channels} channel(s), {classes} classes")
+    rows = layer_summary(net, size, channels)
     print(f"{'layer':<22}{'output shape':<20}{'params':>12}{'MACs':>15}")
     for r in rows:
         print(f"{r['name']:<22}{str(r['output_shape']):<20}{r['params']:>12,}{r['macs']:>15,}")
@@ -296,7 +312,7 @@ def predict(args: argparse.Namespace) -> int:
         from nin.export import OnnxModel
 
         model = OnnxModel(args.checkpoint)
-        results = predict_images(model, model.resize, args.images)
+        results = predict_images(model, model.resize, model.spec, args.images)
     else:
         results = load(args.checkpoint, args.resize).predict(args.images)
     if args.json:
@@ -328,7 +344,8 @@ def compare(args: argparse.Namespace) -> int:
     out = args.out or new_run_path("compare")
     if RunDir(out).file("compare_json").exists() and not args.force:
         raise NinError(f"{out} already holds a comparison (compare.json); choose another --out, or pass --force")
-    fields = ("budget", "resize", "batch_size", "lr", "momentum", "seed", "test_limit", "device", "precision")
+    fields = ("budget", "resize", "batch_size", "lr", "momentum", "seed", "dataset", "image_size", "test_limit",
+              "device", "precision")  # fmt: skip
     run_comparison(names, Recipe(**{f: getattr(args, f) for f in fields}), out, args.data_dir)
     print(f"comparison: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
     return 0

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from nin.classic import alexnet, lenet, vgg11
-from nin.config import Recipe
-from nin.data import Batches, load_fashion_mnist
+from nin.config import Config, Recipe
+from nin.data import Batches, splits
 from nin.errors import NinError
 from nin.evaluate import evaluate_accuracy
 from nin.guards import at_chance, blown
@@ -32,25 +32,26 @@ from nin.runtime import Runtime, local, sync
 from nin.step import EpochState, train_step
 
 
-def nin_fc_head(resize: int) -> nn.Sequential:
+def nin_fc_head(resize: int, in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """d2l NiN exercise 3: the class maps go through a fully connected layer instead of global
     average pooling (an `nn.Sequential` with NiN's layers up to the class maps, then Flatten + Linear)."""
-    maps = NiN()[:-2]
+    maps = NiN(in_channels, num_classes)[:-2]
     with torch.no_grad():
-        size = maps(torch.zeros(1, 1, resize, resize)).numel()
-    return nn.Sequential(*maps, nn.Flatten(), nn.Linear(size, 10))
+        size = maps(torch.zeros(1, in_channels, resize, resize)).numel()
+    return nn.Sequential(*maps, nn.Flatten(), nn.Linear(size, num_classes))
 
 
-# name -> (what it is, builder taking the input size). LeNet's sigmoids get d2l's Xavier init, the
-# ReLU networks Kaiming init (with Xavier, NiN sits at ln(10) at small sizes: see presets/quick.toml).
-MODELS: dict[str, tuple[str, Callable[[int], nn.Module]]] = {
+# name -> (what it is, builder taking the input size, channels and classes). LeNet's sigmoids get d2l's
+# Xavier init, the ReLU networks Kaiming init (with Xavier, NiN sits at ln(10) at small sizes: see
+# presets/quick.toml).
+MODELS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     "lenet": ("LeNet (d2l 7.6)", lenet),
     "alexnet": ("AlexNet (d2l 8.1)", alexnet),
-    "vgg11": ("VGG-11, channels / 4 as d2l trains it (d2l 8.2)", lambda r: vgg11(r, ratio=4)),
-    "nin": ("NiN (d2l 8.3, the seed)", lambda r: NiN()),
-    "nin-1conv": ("NiN, one 1x1 conv per block (exercise 1)", lambda r: NiN(mlp_layers=1)),
-    "nin-3conv": ("NiN, three 1x1 convs per block (exercise 1)", lambda r: NiN(mlp_layers=3)),
-    "nin-3x3": ("NiN, 3x3 convs instead of 1x1 (exercise 2)", lambda r: NiN(mlp_kernel=3)),
+    "vgg11": ("VGG-11, channels / 4 as d2l trains it (d2l 8.2)", lambda r, c=1, k=10: vgg11(r, 4, c, k)),
+    "nin": ("NiN (d2l 8.3, the seed)", lambda r, c=1, k=10: NiN(c, k)),
+    "nin-1conv": ("NiN, one 1x1 conv per block (exercise 1)", lambda r, c=1, k=10: NiN(c, k, mlp_layers=1)),
+    "nin-3conv": ("NiN, three 1x1 convs per block (exercise 1)", lambda r, c=1, k=10: NiN(c, k, mlp_layers=3)),
+    "nin-3x3": ("NiN, 3x3 convs instead of 1x1 (exercise 2)", lambda r, c=1, k=10: NiN(c, k, mlp_kernel=3)),
     "nin-fc": ("NiN, a dense layer instead of GAP (exercise 3)", nin_fc_head),
 }
 
@@ -80,12 +81,12 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise NinError("nin compare runs in one process; start it with python -m nin or nin, not torchrun")
     rt = local(recipe.device, recipe.precision)
-    train_iter, test_iter = batches(recipe, data_dir, rt)
+    train_iter, test_iter, shape = batches(recipe, data_dir, rt)
     run = RunDir(out_dir)
     run.path.mkdir(parents=True, exist_ok=True)
-    print(f"{len(names)} models, {recipe.budget} training images each at {recipe.resize}x{recipe.resize} "
-          f"on {rt.device}, {rt.precision}")  # fmt: skip
-    rows = [train_model(name, recipe, train_iter, test_iter, rt)[1] for name in names]
+    print(f"{len(names)} models, {recipe.budget} training images of {recipe.dataset} each at "
+          f"{recipe.resize}x{recipe.resize} on {rt.device}, {rt.precision}")  # fmt: skip
+    rows = [train_model(name, recipe, train_iter, test_iter, rt, *shape)[1] for name in names]
     result = {"recipe": asdict(recipe), "device": str(rt.device), "precision": rt.precision,
               "machine": provenance(str(rt.device)), "rows": rows}  # fmt: skip
     run.write_json("compare_json", result)
@@ -94,25 +95,26 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
     return rows
 
 
-def batches(recipe: Recipe, data_dir: Path | None, rt: Runtime) -> tuple[Batches, Batches]:
-    """(training, test) batches: every model sees the training images in the same seeded order."""
-    train_x, train_y = load_fashion_mnist("train", data_dir)
-    test_x, test_y = load_fashion_mnist("test", data_dir)
-    if recipe.test_limit:
-        test_x, test_y = test_x[: recipe.test_limit], test_y[: recipe.test_limit]
-    train_iter = Batches(train_x, train_y, recipe.batch_size, recipe.resize, rt.device, shuffle=True, seed=recipe.seed)
-    return train_iter, Batches(test_x, test_y, 500, recipe.resize, rt.device)
+def batches(recipe: Recipe, data_dir: Path | None, rt: Runtime) -> tuple[Batches, Batches, tuple[int, int]]:
+    """(training, test) batches, and the data's (channels, classes): every model sees the training images
+    in the same seeded order."""
+    config = Config(dataset=recipe.dataset, image_size=recipe.image_size, test_limit=recipe.test_limit)
+    train, _, test = splits(config, data_dir)
+    train_iter = Batches(train.images, train.labels, recipe.batch_size, recipe.resize, rt.device, shuffle=True,
+                         seed=recipe.seed)  # fmt: skip
+    test_iter = Batches(test.images, test.labels, 500, recipe.resize, rt.device)
+    return train_iter, test_iter, (train.images.shape[1], len(train.classes))
 
 
-def train_model(
-    name: str, recipe: Recipe, train_iter: Batches, test_iter: Batches, rt: Runtime
-) -> tuple[nn.Module, dict]:
-    """Build, initialise (from the recipe's seed), train and test one model; returns it and its row."""
+def train_model(name: str, recipe: Recipe, train_iter: Batches, test_iter: Batches, rt: Runtime,
+                channels: int = 1, classes: int = 10) -> tuple[nn.Module, dict]:  # fmt: skip
+    """Build (for `channels` and `classes`), initialise (from the recipe's seed), train and test one model;
+    returns it and its row."""
     title, build = MODELS[name]
     torch.manual_seed(recipe.seed)
-    net = build(recipe.resize)
+    net = build(recipe.resize, channels, classes)
     net.apply(init_weights if name == "lenet" else init_kaiming)
-    summary = layer_summary(net, recipe.resize)
+    summary = layer_summary(net, recipe.resize, channels)
     params = sum(p.numel() for p in net.parameters())
     net = net.to(rt.device, memory_format=torch.channels_last)
     images, seconds, loss, status = fit(net, train_iter, recipe, rt)
@@ -170,7 +172,8 @@ def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[
 def markdown_table(result: dict) -> str:
     r = result["recipe"]
     lines = [
-        f"{r['budget']:,} training images per model at {r['resize']}x{r['resize']}, batch {r['batch_size']}, "
+        f"{r['budget']:,} training images of {r.get('dataset', 'fashion-mnist')} per model at "
+        f"{r['resize']}x{r['resize']}, batch {r['batch_size']}, "
         f"SGD lr {r['lr']} momentum {r['momentum']}, seed {r['seed']}, on {result['device']}.",
         "",
         "| model | parameters | MACs/image | head share | train s | images/s | test acc |",

@@ -13,13 +13,14 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from nin.data import DATASETS
 from nin.errors import NinError
 from nin.model import ARCHS, INITS, MAX_RESIZE
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("constant", "onecycle")
-AUGMENTS = ("none", "flip", "flip-crop", "flip-crop-erase")
+AUGMENTS = ("none", "flip", "crop", "flip-crop", "flip-crop-erase")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -39,9 +40,23 @@ class Config:
     nin.errors.NinError: lr must be positive, got -1
     """
 
-    arch: str = _field("nin", "network: nin (the seed's) or nin-bn (for 28x28 input, with BatchNorm)", ARCHS)
+    arch: str = _field(
+        "nin",
+        "network: nin (the seed's), nin-bn (for small input, with BatchNorm) or nin-paper (the paper's CIFAR NiN)",
+        ARCHS,
+    )
     width: int = _field(64, "nin-bn only: channels of its first block, doubled in each next one (default 64)")
-    resize: int = _field(224, "side length the 28x28 images are resized to, bilinearly (d2l: 224)")
+    resize: int = _field(224, "side length the images are resized to, bilinearly (d2l: 224)")
+    dataset: str = _field(
+        "fashion-mnist",
+        "training data: fashion-mnist (d2l's), mnist, cifar10, cifar100, or folder (--data-dir DIR)",
+        DATASETS,
+    )
+    normalize: bool = _field(
+        False, "subtract the training set's per-channel mean and divide by its std (kept with the weights; d2l: no)"
+    )
+    image_size: int = _field(32, "folder only: side length the images are decoded to, once, and cached (default 32)")
+    skip_bad_images: bool = _field(False, "folder only: skip (and count) unreadable images instead of stopping")
     dropout: float = _field(0.5, "dropout probability before the last mlpconv block (d2l: 0.5)")
     epochs: int = _field(5, "passes over the training data (d2l: 5)")
     batch_size: int = _field(256, "examples per SGD step (d2l: 256)")
@@ -55,8 +70,8 @@ class Config:
     label_smoothing: float = _field(0.0, "cross-entropy label smoothing (d2l: 0)")
     augment: str = _field(
         "none",
-        "training images: none (d2l), flip (random horizontal flip), flip-crop (and shift up to 2 px), "
-        "flip-crop-erase (and random erasing)",
+        "training images: none (d2l), flip (random horizontal flip), crop (random shift up to 2 px, for digits), "
+        "flip-crop (both), flip-crop-erase (and random erasing)",
         AUGMENTS,
     )
     init: str = _field("xavier", "weight init (d2l: xavier); kaiming suits ReLU networks", tuple(INITS))
@@ -66,15 +81,15 @@ class Config:
         "fp32", "fp32 (the seed's), bf16 (autocast), or auto: bf16 where the device computes it natively", PRECISIONS
     )
     checkpoint_every: int = _field(0, "also write a checkpoint every N steps (default 0: after each epoch only)")
-    train_limit: int = _field(0, "train on the first N training images only (0: all 60,000)")
-    test_limit: int = _field(0, "evaluate on the first N test images only (0: all 10,000)")
+    train_limit: int = _field(0, "train on the first N training images only (0: all)")
+    test_limit: int = _field(0, "evaluate on the first N test images only (0: all)")
     val_split: int = _field(0, "hold out N training images (the same images for every seed) as a validation set")
     sync_bn: bool = _field(
         False, "nin-bn under torchrun: BatchNorm statistics over the whole global batch (SyncBatchNorm)"
     )
 
     def __post_init__(self) -> None:
-        for name in ("resize", "epochs", "batch_size"):
+        for name in ("resize", "epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise NinError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -89,8 +104,8 @@ class Config:
             raise NinError(f"warmup must be a share of the steps in [0, 1], got {self.warmup}")
         if not 0 <= self.label_smoothing < 1:
             raise NinError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.val_split < 60_000:
-            raise NinError(f"val_split must be in [0, 60000): the training set has 60,000 images, got {self.val_split}")
+        if self.val_split < 0:
+            raise NinError(f"val_split must be 0 (none) or positive, got {self.val_split}")
         if self.weight_decay < 0:
             raise NinError(f"weight_decay must be 0 or positive, got {self.weight_decay}")
         if self.sync_bn and self.arch != "nin-bn":
@@ -195,6 +210,8 @@ class Recipe:
     lr: float = 0.01
     momentum: float = 0.9
     seed: int = 0
+    dataset: str = "fashion-mnist"
+    image_size: int = 32  # folder only
     test_limit: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -209,4 +226,6 @@ class Recipe:
         if self.test_limit < 0:
             raise NinError(f"--test-limit must be 0 (all) or positive, got {self.test_limit}")
         if self.resize > MAX_RESIZE:
-            raise NinError(f"--resize {self.resize} is larger than {MAX_RESIZE}; the images are only 28x28")
+            raise NinError(f"--resize {self.resize} is larger than {MAX_RESIZE}, the most nin takes")
+        if self.dataset not in DATASETS:
+            raise NinError(f"--dataset {self.dataset!r}: choose from {', '.join(DATASETS)}")

@@ -1,8 +1,13 @@
-"""Fashion-MNIST: verified IDX files, kept in memory as uint8, resized per batch on the device.
+"""Datasets: verified files read in their raw formats, kept in memory as uint8, resized per batch on the device.
 
-Like airbench's loader there is no DataLoader and no worker process: the whole dataset is 55 MB
-of uint8, and a batch is an index into it, converted to float and resized where the model runs.
+Like airbench's loader there is no DataLoader and no worker process: Fashion-MNIST is 55 MB of uint8,
+CIFAR 184 MB, and a batch is an index into it, converted to float and resized where the model runs.
 That is d2l's `Resize(resize)` + `ToTensor()` done for 256 images at once instead of one by one.
+
+Every dataset is a `Dataset`: uint8 images (N, C, H, W), int64 labels and class names. Fashion-MNIST
+and MNIST are IDX files (bundled with the repository); CIFAR-10/100 are the official *binary* archives
+(fixed-size records, nothing unpickled), downloaded on first use; `folder` is a class-per-folder tree
+of PNG/JPEG files (nin/folder.py).
 """
 
 from __future__ import annotations
@@ -13,16 +18,24 @@ import http.client
 import json
 import math
 import os
+import shutil
 import struct
+import tarfile
 import urllib.request
+import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from nin.errors import NinError
 from nin.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from nin.config import Config
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -36,34 +49,103 @@ CLASS_NAMES = (
     "Bag",
     "Ankle boot",
 )
-
-# name -> (SHA-256, IDX magic number, shape)
-FILES = {
-    "train-images-idx3-ubyte.gz": (
-        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        0x803,
-        (60000, 28, 28),
-    ),
-    "train-labels-idx1-ubyte.gz": ("a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845", 0x801, (60000,)),
-    "t10k-images-idx3-ubyte.gz": (
-        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        0x803,
-        (10000, 28, 28),
-    ),
-    "t10k-labels-idx1-ubyte.gz": ("67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5", 0x801, (10000,)),
-}
-SPLITS = {"train": "train", "test": "t10k"}
-MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"  # Zalando's official mirror
-BUNDLED = Path(__file__).resolve().parents[2] / "data" / "fashion-mnist"  # the repository's copy
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "folder")
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"  # the repository's bundled copies
+BUNDLED = REPO_DATA / "fashion-mnist"
 
 
-def default_data_dir() -> Path:
-    """$NIN_DATA_DIR, else the copy bundled with the repository, else ~/.cache/nin/fashion-mnist."""
+@dataclass(frozen=True)
+class Dataset:
+    """One split of a dataset: uint8 `images` (N, C, H, W), int64 `labels` (N,), and the `classes` they name."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: slice | torch.Tensor) -> Dataset:
+        return Dataset(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a trained run knows of its data without the data, saved in its checkpoint: the dataset's name,
+    class names, channels and the side length of its stored images (and a folder dataset's path)."""
+
+    dataset: str = "fashion-mnist"
+    classes: tuple[str, ...] = CLASS_NAMES
+    channels: int = 1
+    size: int = 28
+    data_dir: str | None = None
+
+    @staticmethod
+    def of(name: str, data: Dataset, data_dir: Path | None = None) -> Spec:
+        path = str(Path(data_dir).resolve()) if name == "folder" and data_dir else None
+        return Spec(name, data.classes, data.images.shape[1], data.images.shape[-1], path)
+
+    @staticmethod
+    def from_dict(values: dict | None) -> Spec:
+        """A checkpoint's `data` entry; checkpoints from before datasets existed are Fashion-MNIST."""
+        values = dict(values or {})
+        return Spec(**{**values, "classes": tuple(values.get("classes", CLASS_NAMES))})
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "classes": list(self.classes)}
+
+
+def load(name: str = "fashion-mnist", data_dir: str | Path | None = None, image_size: int = 32,
+         skip_bad_images: bool = False) -> tuple[Dataset, Dataset | None]:  # fmt: skip
+    """(train, test) of the dataset `name`, checked: `fashion-mnist`, `mnist` (bundled), `cifar10`, `cifar100`
+    (downloaded into `data_dir` on first use) or `folder` (`data_dir`/train/<class>/*, `data_dir`/test/<class>/*;
+    test is None without a test folder). `data_dir` defaults to $NIN_DATA_DIR/<name>, else the bundled copy,
+    else ~/.cache/nin/<name>. `image_size` and `skip_bad_images` are for `folder` (see nin/folder.py).
+
+    >>> train, test = nin.data.load("mnist")
+    >>> train.images.shape, train.images.dtype, test.classes[test.labels[0]]
+    (torch.Size([60000, 1, 28, 28]), torch.uint8, '7')
+    """
+    return tuple(load_split(name, s, data_dir, image_size, skip_bad_images) for s in ("train", "test"))  # type: ignore[return-value]
+
+
+def load_split(name: str, split: str, data_dir: str | Path | None = None, image_size: int = 32,
+               skip_bad_images: bool = False) -> Dataset | None:  # fmt: skip
+    """One split ('train' or 'test') of `load`."""
+    if name not in DATASETS:
+        raise NinError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name == "folder":
+        from nin.folder import load_folder
+
+        if data_dir is None:
+            raise NinError("--dataset folder needs --data-dir DIR: a folder with train/<class>/ (and test/<class>/) "
+                           "holding PNG or JPEG images")  # fmt: skip
+        return load_folder(Path(data_dir), split, image_size, skip_bad_images)
+    folder = Path(data_dir) if data_dir else default_data_dir(name)
+    if name in IDX:
+        return _load_idx(name, folder, split)
+    return _load_cifar(name, folder, split)
+
+
+def shape_of(name: str, data_dir: str | Path | None = None) -> tuple[int, int]:
+    """(channels, classes) of a dataset without loading it; for `folder`, its train/ class folders (and 3
+    channels: colour, unless every image is grayscale, which only decoding tells)."""
+    if name == "folder":
+        from nin.folder import _classes
+
+        if data_dir is None:
+            raise NinError("--dataset folder needs --data-dir DIR to count its classes")
+        return 3, len(_classes(Path(data_dir) / "train"))
+    return {"fashion-mnist": (1, 10), "mnist": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}[name]
+
+
+def default_data_dir(name: str = "fashion-mnist") -> Path:
+    """$NIN_DATA_DIR/<name>, else the copy bundled with the repository, else ~/.cache/nin/<name>."""
     if os.environ.get("NIN_DATA_DIR"):
-        return Path(os.environ["NIN_DATA_DIR"])
-    if BUNDLED.is_dir():
-        return BUNDLED
-    return _cache_dir() / "fashion-mnist"
+        return Path(os.environ["NIN_DATA_DIR"]) / name
+    if (REPO_DATA / name).is_dir():
+        return REPO_DATA / name
+    return _cache_dir() / name
 
 
 def _cache_dir() -> Path:
@@ -71,53 +153,83 @@ def _cache_dir() -> Path:
 
 
 def load_fashion_mnist(split: str, data_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' or 'test' split, checksum-verified;
-    from `data_dir`, else $NIN_DATA_DIR, else the copy bundled with the repository (downloaded if missing).
+    """Fashion-MNIST's images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' or 'test' split,
+    checksum-verified; from `data_dir`, else as `load` finds it.
 
     >>> images, labels = nin.load_fashion_mnist("test")
     >>> images.shape, images.dtype, nin.CLASS_NAMES[labels[0]]
     (torch.Size([10000, 28, 28]), torch.uint8, 'Ankle boot')
     """
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
-    prefix = SPLITS[split]
-    images = _load(data_dir / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _load(data_dir / f"{prefix}-labels-idx1-ubyte.gz").long()
-    return images, labels
+    data = load_split("fashion-mnist", split, data_dir)
+    return data.images[:, 0], data.labels
 
 
-def _load(path: Path) -> torch.Tensor:
-    """Parse one IDX gzip file (checking gzip, magic number and size), then verify its SHA-256."""
+# ---- IDX files (Fashion-MNIST, MNIST) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Idx:
+    classes: tuple[str, ...]
+    url: str  # where the four .gz files are downloaded from
+    sha256: dict[str, str]  # file -> SHA-256 of its decompressed content (so any gzip of it passes)
+
+
+IDX_SHAPES = {"train": (60000, 28, 28), "t10k": (10000, 28, 28)}
+IDX = {
+    # Zalando's official mirror; checksums of the decompressed official release (data/fashion-mnist/README.md)
+    "fashion-mnist": Idx(CLASS_NAMES, "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    }),
+    # the PyTorch project's mirror of LeCun's files (torchvision's first choice); checksums from
+    # data/mnist/README.md (the decompressed IDX files: LeCun's .gz and ours both pass)
+    "mnist": Idx(tuple("0123456789"), "https://ossci-datasets.s3.amazonaws.com/mnist/", {
+        "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    }),
+}  # fmt: skip
+
+
+def _load_idx(name: str, folder: Path, split: str) -> Dataset:
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(name, folder / f"{prefix}-images-idx3-ubyte.gz", 0x803, IDX_SHAPES[prefix])
+    labels = _read_idx(name, folder / f"{prefix}-labels-idx1-ubyte.gz", 0x801, IDX_SHAPES[prefix][:1])
+    return Dataset(images.unsqueeze(1), labels.long(), IDX[name].classes)
+
+
+def _read_idx(name: str, path: Path, magic: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Parse one gzipped IDX file (checking gzip, magic number and size), then verify its content's SHA-256."""
     if not path.exists():
-        download(path)
-    blob = path.read_bytes()
-    _, magic, shape = FILES[path.name]
+        _download_idx(name, path)
+    fix = _idx_fix(name, path.parent)
     try:
-        raw = gzip.decompress(blob)
-    except (OSError, EOFError) as e:  # BadGzipFile is an OSError
-        raise NinError(f"{path}: not a readable gzip file ({e}). {_FIX.format(dir=path.parent)}") from None
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise NinError(f"{path}: not a readable gzip file ({e}). {fix}") from None
     header = 4 + 4 * len(shape)
     found = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
     if found != magic:
-        raise NinError(f"{path}: IDX magic number is {found!r}, expected {magic:#x}. {_FIX.format(dir=path.parent)}")
+        raise NinError(f"{path}: IDX magic number is {found!r}, expected {magic:#x}. {fix}")
     dims = struct.unpack(f">{len(shape)}I", raw[4:header]) if len(raw) >= header else ()
     if dims != shape or len(raw) != header + math.prod(shape):
         raise NinError(
-            f"{path}: wrong size: header says {dims}, {len(raw) - header} data bytes; expected shape {shape}. "
-            + _FIX.format(dir=path.parent)
+            f"{path}: wrong size: header says {dims}, {len(raw) - header} data bytes; expected shape {shape}. {fix}"
         )
-    verify(path, blob)
+    verify(path, raw, IDX[name].sha256[path.name], fix)
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
-_FIX = (
-    "Delete it and run again to download a fresh copy, or put the official Fashion-MNIST file in {dir} "
-    "(or point --data-dir / NIN_DATA_DIR elsewhere)."
-)
+def _idx_fix(name: str, folder: Path) -> str:
+    return (f"Delete it and run again to download a fresh copy, or put the official {name} file in {folder} "
+            "(or point --data-dir / NIN_DATA_DIR elsewhere).")  # fmt: skip
 
 
-def verify(path: Path, blob: bytes) -> None:
-    """Check the SHA-256 of `blob` (the file's bytes); files that passed are remembered by size and mtime."""
-    expected = FILES[path.name][0]
+def verify(path: Path, content: bytes, expected: str, fix: str) -> None:
+    """Check the SHA-256 of `content` (what `path` holds); files that passed are remembered by size and mtime."""
     stat = path.stat()
     key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, expected]
     cache_file = _cache_dir() / "verified.json"
@@ -127,12 +239,10 @@ def verify(path: Path, blob: bytes) -> None:
         cache = {}
     if cache.get(key) == stamp:
         return
-    digest = _sha256(blob)
+    digest = _sha256(content)
     if digest != expected:
-        raise NinError(
-            f"{path}: checksum mismatch (SHA-256 {digest[:12]}..., expected {expected[:12]}...): the file is "
-            f"corrupted or not the official one. {_FIX.format(dir=path.parent)}"
-        )
+        raise NinError(f"{path}: checksum mismatch (SHA-256 {digest[:12]}..., expected {expected[:12]}...): the "
+                       f"file is corrupted or not the official one. {fix}")  # fmt: skip
     cache[key] = stamp
     try:
         atomic_write_bytes(cache_file, json.dumps(cache, indent=0).encode())
@@ -144,70 +254,239 @@ def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def download(path: Path) -> None:
-    """Fetch one file from the mirror ($NIN_DATA_MIRROR overrides it), verify it, rename it into place."""
-    url = os.environ.get("NIN_DATA_MIRROR", MIRROR).rstrip("/") + "/" + path.name
+def _mirror(default: str) -> str:
+    return os.environ.get("NIN_DATA_MIRROR", default).rstrip("/") + "/"
+
+
+def _fetch(url: str, missing: str) -> bytes:
+    """The bytes at `url`, or one error that says `missing` and what to do."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.read()
+    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
+        raise NinError(f"{missing} could not be downloaded from {url} ({getattr(e, 'reason', e)})") from None
+
+
+def _download_idx(name: str, path: Path) -> None:
+    """Fetch one IDX file ($NIN_DATA_MIRROR overrides the mirror), verify it, rename it into place."""
+    url = _mirror(IDX[name].url) + path.name
     print(f"downloading {url} -> {path}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=30) as response:
-            data = response.read()
-    except (OSError, ValueError, http.client.HTTPException) as e:  # URLError is an OSError
-        raise NinError(
-            f"{path} is missing and could not be downloaded from {url} ({getattr(e, 'reason', e)}). "
-            f"Copy the four Fashion-MNIST .gz files ({', '.join(FILES)}) into {path.parent}, "
-            "or point --data-dir / NIN_DATA_DIR at a folder that has them."
-        ) from None
-    if (digest := _sha256(data)) != FILES[path.name][0]:
-        raise NinError(
-            f"{url}: downloaded file has SHA-256 {digest[:12]}..., expected {FILES[path.name][0][:12]}...; "
-            "nothing was saved. Try again later or copy the official files by hand."
-        )
+        data = _fetch(url, f"{path} is missing and")
+    except NinError as e:
+        raise NinError(f"{e}. Copy the four {name} .gz files ({', '.join(IDX[name].sha256)}) into {path.parent}, "
+                       "or point --data-dir / NIN_DATA_DIR at a folder that has them.") from None  # fmt: skip
+    expected = IDX[name].sha256[path.name]
+    try:
+        digest = _sha256(gzip.decompress(data))
+    except (OSError, EOFError, zlib.error):
+        digest = "not gzip"
+    if digest != expected:
+        raise NinError(f"{url}: the downloaded file's content has SHA-256 {digest[:12]}..., expected "
+                       f"{expected[:12]}...; nothing was saved. Try again later or copy the official files "
+                       "by hand.")  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
 
 
+# ---- CIFAR-10 / CIFAR-100: the official binary archives ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Archive:
+    file: str
+    md5: str  # the dataset authors' own checksum, from https://www.cs.toronto.edu/~kriz/cifar.html
+    size: int  # bytes
+    folder: str  # the one folder inside the archive
+    splits: dict[str, tuple[str, ...]]  # split -> its .bin files
+    label_bytes: int  # bytes before each image: CIFAR-100 has a coarse, then a fine label
+    names: str  # the class names, one per line (CIFAR-100: the fine ones)
+
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+RECORD = 3 * 32 * 32  # each image: 1024 red, 1024 green, 1024 blue bytes, each a 32x32 row-major plane
+ARCHIVES = {
+    "cifar10": Archive("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", 170_052_171,
+                       "cifar-10-batches-bin", {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                                                "test": ("test_batch.bin",)}, 1, "batches.meta.txt"),
+    "cifar100": Archive("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8", 168_513_733,
+                        "cifar-100-binary", {"train": ("train.bin",), "test": ("test.bin",)}, 2,
+                        "fine_label_names.txt"),
+}  # fmt: skip
+
+
+def _load_cifar(name: str, folder: Path, split: str) -> Dataset:
+    """One split of CIFAR-10/100, extracted from the official binary archive in `folder` on first use."""
+    a = ARCHIVES[name]
+    extracted = folder / a.folder
+    if not extracted.is_dir():
+        extract(name, folder)
+    records = []
+    for file in a.splits[split]:
+        path = extracted / file
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise NinError(f"{path}: cannot read it ({e.strerror}); delete {extracted} to extract it again") from None
+        records.append(_records(name, raw, path))
+    data = torch.cat(records)
+    labels = data[:, a.label_bytes - 1].long()  # CIFAR-100: the fine label, the second byte
+    classes = _class_names(extracted / a.names)
+    if int(labels.max()) >= len(classes):
+        raise NinError(f"{extracted}: a label is {int(labels.max())}, but {a.names} names {len(classes)} classes; "
+                       f"delete {extracted} and the archive, and download it again")  # fmt: skip
+    return Dataset(data[:, a.label_bytes :].reshape(-1, 3, 32, 32).contiguous(), labels, classes)
+
+
+def _records(name: str, raw: bytes, path: Path) -> torch.Tensor:
+    size = ARCHIVES[name].label_bytes + RECORD
+    if not raw or len(raw) % size:
+        raise NinError(f"{path}: {len(raw)} bytes is not a whole number of {name} records of {size} bytes: "
+                       "the file is damaged or not from the official binary archive")  # fmt: skip
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, size)
+
+
+def _class_names(path: Path) -> tuple[str, ...]:
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def extract(name: str, folder: Path) -> Path:
+    """Download `name`'s archive into `folder` if missing, check its size and MD5, and extract the files nin
+    reads into `folder`/<its folder>, atomically: into a temporary folder renamed into place once complete."""
+    a = ARCHIVES[name]
+    archive = folder / a.file
+    url = _mirror(CIFAR_URL) + a.file
+    if not archive.exists():
+        print(f"downloading {url} -> {archive} ({a.size / 1e6:.0f} MB)")
+        try:
+            data = _fetch(url, f"{name}: {a.file} is not in {folder} and")
+        except NinError as e:
+            raise NinError(f"{e}. Download {url} on a machine that can, and put it in {folder} (or point "
+                           "--data-dir / NIN_DATA_DIR at a folder that has it).") from None  # fmt: skip
+        _check_archive(name, data, url, "nothing was saved; try again later or download it by hand")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(archive, data)
+    else:
+        fix = f"delete it and run again, or put the official {a.file} there"
+        _check_archive(name, archive.read_bytes(), archive, fix)
+    tmp = folder / f".{a.folder}.{os.getpid()}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        with tarfile.open(archive, "r:gz") as tar:
+            # only the known member names, written by us: nothing in the archive chooses a path
+            for file in (*a.splits["train"], *a.splits["test"], a.names):
+                member = tar.getmember(f"{a.folder}/{file}")
+                source = tar.extractfile(member) if member.isfile() else None
+                if source is None:
+                    raise KeyError(file)
+                with source, open(tmp / file, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                if file.endswith(".bin"):
+                    _records(name, (tmp / file).read_bytes(), archive / member.name)
+        os.replace(tmp, folder / a.folder)
+    except (tarfile.TarError, EOFError, zlib.error, KeyError) as e:
+        raise NinError(f"{archive}: not a complete {name} binary archive ({type(e).__name__}: {e}); delete it and "
+                       f"download {url} again. Nothing was extracted.") from None  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / a.folder
+
+
+def _check_archive(name: str, data: bytes, source: object, fix: str) -> None:
+    a = ARCHIVES[name]
+    if len(data) != a.size or (digest := hashlib.md5(data, usedforsecurity=False).hexdigest()) != a.md5:
+        found = f"{len(data):,} bytes" if len(data) != a.size else f"MD5 {digest}"
+        raise NinError(f"{source}: not the official {a.file} ({found}; expected {a.size:,} bytes with MD5 "
+                       f"{a.md5}, the authors' checksum); {fix}")  # fmt: skip
+
+
+# ---- splits, resizing, augmentation, batches -----------------------------------------------------------
+
+VAL_SEED = 20_141_312  # fixes the validation split: the same images for every --seed (NiN's arXiv number)
+
+
+def split(data: Dataset, n: int) -> tuple[Dataset, Dataset]:
+    """(training, validation): `n` images drawn at random with a fixed seed are held out for validation."""
+    if not 0 <= n < len(data):
+        raise NinError(f"--val-split {n}: the training set has {len(data):,} images; hold out fewer")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(VAL_SEED))
+    return data[order[n:].sort().values], data[order[:n].sort().values]
+
+
+def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Dataset, Dataset | None, Dataset]:
+    """(training, validation or None, test) as `config` cuts its dataset. A folder dataset without a test
+    folder is tested on the `val_split` images it holds out (and then has no separate validation set)."""
+    train = load_split(config.dataset, "train", data_dir, config.image_size, config.skip_bad_images)
+    val = None
+    if config.val_split:
+        train, val = split(train, config.val_split)
+    test = load_split(config.dataset, "test", data_dir, config.image_size, config.skip_bad_images)
+    if test is None:
+        if val is None:
+            raise NinError(f"{data_dir}: no test/ folder; add one, or hold out training images to test on "
+                           "with --val-split N")  # fmt: skip
+        test, val = val, None
+    if config.train_limit:
+        train = train[: config.train_limit]
+    if config.test_limit:
+        test = test[: config.test_limit]
+    return train, val, test
+
+
+def test_set(config: Config, data_dir: str | Path | None = None) -> Dataset:
+    """The test images of a run with `config`, as training tested on them (see `splits`)."""
+    if config.dataset != "folder" or (Path(data_dir or "") / "test").is_dir():
+        return load_split(config.dataset, "test", data_dir, config.image_size, config.skip_bad_images)  # type: ignore[return-value]
+    return splits(config, data_dir)[2]
+
+
+def mean_std(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of uint8 images (N, C, H, W) as the network sees them (/255)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for chunk in images.split(4096):  # float64 in chunks: exact enough, and no 8x copy of the dataset
+        x = chunk.double().div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    n = images.numel() / images.shape[1]
+    mean = total / n
+    return mean.float(), (squares / n - mean.square()).clamp_min(1e-12).sqrt().float()
+
+
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> float (B, 1, size, size) in [0, 1], as PIL bilinear resize + ToTensor.
+    """uint8 (B, C, H, W), or (B, H, W) for one channel -> float (B, C, size, size) in [0, 1], as PIL
+    bilinear resize + ToTensor.
 
     PIL resizes uint8 images and rounds to uint8; we round too, so values match it within 1/255.
     antialias=True makes downscaling match PIL as well (for upscaling it changes nothing).
     """
-    x = images.unsqueeze(1).float()
+    x = (images.unsqueeze(1) if images.dim() == 3 else images).float()
     if size != images.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = x.round_().clamp_(0, 255)
     return x.div_(255)
 
 
-VAL_SEED = 20_141_312  # fixes the validation split: the same images for every --seed (NiN's arXiv number)
-
-
-def split(
-    images: torch.Tensor, labels: torch.Tensor, n: int
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """(training, validation): `n` images drawn at random with a fixed seed are held out for validation."""
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(VAL_SEED))
-    keep, held = order[n:].sort().values, order[:n].sort().values
-    return (images[keep], labels[keep]), (images[held], labels[held])
-
-
 def augment(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """A batch with each image flipped left-right with probability 1/2 (`flip`), and also shifted by
-    up to 2 pixels each way with black filling in (`flip-crop`, the padded random crop of CIFAR
-    training), and then also half of them with a random rectangle replaced by noise (`flip-crop-erase`:
-    random erasing); `none` returns it as it is. Drawn on the batch's device from torch's global RNG,
-    which checkpoints hold, so a resumed run draws the same."""
+    """A batch with each image flipped left-right with probability 1/2 (`flip`), shifted by up to 2 pixels
+    each way with black filling in (`crop`, the padded random crop of CIFAR training; for digits, which a
+    flip would change), both (`flip-crop`), and then also half of them with a random rectangle replaced by
+    noise (`flip-crop-erase`: random erasing); `none` returns it as it is. Drawn on the batch's device from
+    torch's global RNG, which checkpoints hold, so a resumed run draws the same."""
     if kind == "none":
         return x
-    b, _, h, w = x.shape
-    x = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
-    if kind in ("flip-crop", "flip-crop-erase"):
+    b, c, h, w = x.shape
+    if "flip" in kind:
+        x = torch.where(torch.rand(b, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+    if "crop" in kind:
         pad = 2
         padded = F.pad(x, (pad, pad, pad, pad))
         dy, dx = torch.randint(0, 2 * pad + 1, (2, b, 1), device=x.device)
         rows, cols = torch.arange(h, device=x.device) + dy, torch.arange(w, device=x.device) + dx
-        x = padded[torch.arange(b, device=x.device)[:, None, None], 0, rows[:, :, None], cols[:, None, :]]
-        x = x.unsqueeze(1)
+        batch, channel = torch.arange(b, device=x.device), torch.arange(c, device=x.device)
+        x = padded[batch[:, None, None, None], channel[None, :, None, None], rows[:, None, :, None],
+                   cols[:, None, None, :]]  # fmt: skip
     if kind == "flip-crop-erase":
         x = random_erase(x)
     return x.contiguous(memory_format=torch.channels_last)

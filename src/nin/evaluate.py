@@ -11,12 +11,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from nin.config import Config
-from nin.data import CLASS_NAMES, Batches, load_fashion_mnist, resize
+from nin.data import Batches, Spec, resize, test_set
 from nin.errors import NinError
 from nin.plots import plot_confusion
 from nin.runtime import Runtime, local
 
-Images = str | Path | Sequence[str | Path] | torch.Tensor  # image files, or uint8 images (N, 28, 28)
+Images = str | Path | Sequence[str | Path] | torch.Tensor  # image files, or uint8 images (N, [C,] H, W)
 
 
 def evaluate_accuracy(net: torch.nn.Module, batches: Batches, rt: Runtime | None = None) -> float:
@@ -32,11 +32,10 @@ def evaluate_accuracy(net: torch.nn.Module, batches: Batches, rt: Runtime | None
     return total / len(batches.labels)
 
 
-def confusion_matrix(net: torch.nn.Module, batches: Batches, tta: bool = False) -> torch.Tensor:
-    """(10, 10) counts: row = true class, column = predicted class. With `tta` (flip test-time
+def confusion_matrix(net: torch.nn.Module, batches: Batches, n: int, tta: bool = False) -> torch.Tensor:
+    """(n, n) counts of `n` classes: row = true class, column = predicted class. With `tta` (flip test-time
     augmentation) a prediction is the class of the mean probabilities of the image and its mirror image."""
     net.eval()
-    n = len(CLASS_NAMES)
     matrix = torch.zeros(n * n, dtype=torch.long, device=batches.device)
     with torch.inference_mode():
         for x, y in batches:
@@ -52,75 +51,88 @@ def check_test_limit(test_limit: int) -> None:
         raise NinError(f"--test-limit must be 0 (all) or positive, got {test_limit}")
 
 
-def evaluate(net: torch.nn.Module, config: Config, plot: Path, data_dir: Path | None = None, device: str = "auto",
-             test_limit: int = 0, tta: bool = False) -> dict:  # fmt: skip
+def evaluate(net: torch.nn.Module, config: Config, spec: Spec, plot: Path, data_dir: Path | None = None,
+             device: str = "auto", test_limit: int = 0, tta: bool = False) -> dict:  # fmt: skip
     """Test accuracy, per-class accuracy and confusion matrix of a trained network (`config`: how it was
-    trained), with flip test-time augmentation if `tta`; the confusion matrix is drawn to `plot`. It runs
+    trained; `spec`: on what), with flip test-time augmentation if `tta`; the confusion matrix is drawn to
+    `plot`. The test images are those training tested on (`nin.data.test_set`). It runs
     in the run's precision on this device (bf16 autocast where the run had `--precision auto` and the
     device computes bf16), as training measured, on a copy of `net` (the caller's stays where it is)."""
     check_test_limit(test_limit)
     rt = local(device, config.precision)
     net = copy.deepcopy(net).to(rt.device, memory_format=torch.channels_last)
-    images, labels = load_fashion_mnist("test", data_dir)
+    data = test_set(config, data_dir or spec.data_dir)
     if test_limit:
-        images, labels = images[:test_limit], labels[:test_limit]
+        data = data[:test_limit]
+    batches = Batches(data.images, data.labels, config.batch_size, config.resize, rt.device)
     with rt.autocast():
-        matrix = confusion_matrix(net, Batches(images, labels, config.batch_size, config.resize, rt.device), tta)
+        matrix = confusion_matrix(net, batches, len(spec.classes), tta)
     per_class = matrix.diag() / matrix.sum(dim=1).clamp(min=1)
     result = {
-        "examples": len(labels),
+        "dataset": spec.dataset,
+        "examples": len(data),
         "tta": tta,
         "precision": rt.precision,
-        "test_acc": matrix.diag().sum().item() / len(labels),
-        "per_class_acc": dict(zip(CLASS_NAMES, per_class.tolist())),
+        "test_acc": matrix.diag().sum().item() / len(data),
+        "per_class_acc": dict(zip(spec.classes, per_class.tolist())),
         "confusion_matrix": matrix.tolist(),
         "confusion_png": str(plot),
     }
-    plot_confusion(matrix, CLASS_NAMES, Path(plot), title=f"test accuracy {result['test_acc']:.4f}")
+    plot_confusion(matrix, spec.classes, Path(plot), title=f"test accuracy {result['test_acc']:.4f}")
     return result
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """Any PNG/JPEG -> (28, 28) uint8 grayscale, the format of a Fashion-MNIST image.
+FASHION_MNIST = Spec()
 
-    Images of another size are first brought to 28x28 (bilinear, antialiased), so that they then
-    go through exactly the resize the network was trained with. No inversion: Fashion-MNIST shows a
-    light garment on a black background.
+
+def load_image(path: Path, spec: Spec = FASHION_MNIST) -> torch.Tensor:
+    """Any PNG/JPEG -> uint8 (C, H, W) in the format of the run's data (`spec`): grayscale or RGB, at its
+    stored size (28x28 for Fashion-MNIST).
+
+    Images of another size are first brought to the stored size (bilinear, antialiased), so that they
+    then go through exactly the resize the network was trained with. No inversion: Fashion-MNIST shows
+    a light garment on a black background.
     """
+    size = spec.size
     try:
         with Image.open(path) as img:
-            img = img.convert("L")
-            if img.size != (28, 28):
-                img = img.resize((28, 28), Image.Resampling.BILINEAR)
-            return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(28, 28)
+            img = img.convert("L" if spec.channels == 1 else "RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            return pixels.reshape(size, size, spec.channels).permute(2, 0, 1).contiguous()
     except FileNotFoundError:
         raise NinError(f"{path}: no such image file") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
         raise NinError(f"{path}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
 
 
-def load_images(images: Images) -> tuple[torch.Tensor, list[str]]:
-    """(uint8 (N, 28, 28) images, their names): image files (one or a list, read by `load_image`) named
-    by their paths, or a uint8 tensor (N, 28, 28) of Fashion-MNIST-like images named 'image 0', 'image 1', ..."""
+def load_images(images: Images, spec: Spec = FASHION_MNIST) -> tuple[torch.Tensor, list[str]]:
+    """(uint8 (N, C, H, W) images, their names): image files (one or a list, read by `load_image`) named
+    by their paths, or a uint8 tensor in the run's data format, (N, C, H, W) or for one channel (N, H, W),
+    named 'image 0', 'image 1', ..."""
+    shape = (spec.channels, spec.size, spec.size)
     if isinstance(images, torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28) or not len(images):
-            raise NinError(f"images: expected a uint8 tensor of shape (N, 28, 28), got {images.dtype} "
-                           f"{tuple(images.shape)}; pass 28x28 grayscale images as uint8, or image files")  # fmt: skip
-        return images, [f"image {i}" for i in range(len(images))]
+        x = images.unsqueeze(1) if images.dim() == 3 and spec.channels == 1 else images
+        if images.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != shape or not len(x):
+            raise NinError(f"images: expected a uint8 tensor of shape (N, {', '.join(map(str, shape))}), got "
+                           f"{images.dtype} {tuple(images.shape)}; pass images like the run's {spec.dataset} "
+                           "data, or image files")  # fmt: skip
+        return x, [f"image {i}" for i in range(len(x))]
     paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images]
     if not paths:
-        raise NinError("no images given; pass image files (PNG or JPEG) or a uint8 tensor of shape (N, 28, 28)")
-    return torch.stack([load_image(p) for p in paths]), [str(p) for p in paths]
+        raise NinError("no images given; pass image files (PNG or JPEG) or a uint8 tensor of images")
+    return torch.stack([load_image(p, spec) for p in paths]), [str(p) for p in paths]
 
 
-def predict(net: torch.nn.Module, size: int, images: Images, top: int = 3) -> list[dict]:
+def predict(net: torch.nn.Module, size: int, spec: Spec, images: Images, top: int = 3) -> list[dict]:
     """Top-`top` classes with probabilities for each image (see `load_images`), resized to `size` as in training."""
-    x, names = load_images(images)
+    x, names = load_images(images, spec)
     net.eval()
     with torch.inference_mode():
         probs = torch.cat([net(resize(chunk, size)).softmax(dim=1) for chunk in x.split(256)])
-    values, indices = probs.topk(top, dim=1)
+    values, indices = probs.topk(min(top, len(spec.classes)), dim=1)
     return [
-        {"image": name, "top": [{"class": CLASS_NAMES[i], "prob": v} for v, i in zip(vs.tolist(), ix.tolist())]}
+        {"image": name, "top": [{"class": spec.classes[i], "prob": v} for v, i in zip(vs.tolist(), ix.tolist())]}
         for name, vs, ix in zip(names, values, indices)
     ]

@@ -17,6 +17,7 @@ __all__ = [
     "ARCHS",
     "INITS",
     "NiN",
+    "Normalize",
     "build",
     "check_resize",
     "feature_sizes",
@@ -26,6 +27,7 @@ __all__ = [
     "min_resize",
     "nin_bn",
     "nin_block",
+    "nin_paper",
 ]
 
 
@@ -67,12 +69,27 @@ BLOCKS = (
 )
 
 
+class Normalize(nn.Module):
+    """(x - mean) / std per channel: the training set's numbers, set once before training and saved with
+    the weights (buffers), so that evaluation, prediction and an exported ONNX model all use them."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1, channels, 1, 1))
+        self.register_buffer("std", torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class NiN(nn.Sequential):
     """d2l's NiN for `in_channels` x 224 x 224 input: 1,992,166 parameters, 0.762 GMAC at 224.
 
     The other arguments make the rest of the NiN family: `mlp_layers` and `mlp_kernel` change every
-    block for d2l's exercises (see `nin_block`); `blocks`, `pool` and `batch_norm` make `nin_bn`.
-    Shapes for a (1, 1, 224, 224) input are given after each layer.
+    block for d2l's exercises (see `nin_block`); `blocks`, `pool` and `batch_norm` make `nin_bn`;
+    `normalize` puts a `Normalize` layer first. `layers` builds any other network that ends in class
+    maps, global average pooling and Flatten (`nin_paper`). Shapes for a (1, 1, 224, 224) input are
+    given after each layer.
 
     >>> net = nin.NiN()
     >>> net(torch.zeros(1, 1, 224, 224)).shape
@@ -91,8 +108,13 @@ class NiN(nn.Sequential):
         blocks: tuple[tuple[int, int, int, int], ...] = BLOCKS,
         pool: int = 3,
         batch_norm: bool = False,
+        normalize: bool = False,
+        layers: list[nn.Module] | None = None,
     ):
-        layers: list[nn.Module] = []
+        if layers is not None:
+            super().__init__(*layers)
+            return
+        layers = [Normalize(in_channels)] if normalize else []
         channels = in_channels
         mlp = dict(mlp_layers=mlp_layers, mlp_kernel=mlp_kernel, batch_norm=batch_norm)
         for out_channels, kernel_size, stride, padding in blocks:
@@ -117,7 +139,8 @@ class NiN(nn.Sequential):
         return super().__getitem__(idx)
 
 
-def nin_bn(width: int = 64, dropout: float = 0.5) -> NiN:
+def nin_bn(width: int = 64, dropout: float = 0.5, in_channels: int = 1, num_classes: int = 10,
+           normalize: bool = False) -> NiN:  # fmt: skip
     """A NiN for the 28x28 images themselves (the fast preset): three mlpconv blocks of a
     3x3 convolution and two 1x1 convolutions, `width`, 2 x `width` and 4 x `width` channels wide,
     each with BatchNorm and followed by a 2x2 max-pool (28 -> 14 -> 7 -> 3), then the class-map block
@@ -128,15 +151,47 @@ def nin_bn(width: int = 64, dropout: float = 0.5) -> NiN:
     40628
     """
     blocks = ((width, 3, 1, 1), (2 * width, 3, 1, 1), (4 * width, 3, 1, 1))
-    return NiN(dropout=dropout, blocks=blocks, pool=2, batch_norm=True)
+    return NiN(in_channels, num_classes, dropout, blocks=blocks, pool=2, batch_norm=True, normalize=normalize)
 
 
-ARCHS = ("nin", "nin-bn")
+def nin_paper(in_channels: int = 3, num_classes: int = 10, dropout: float = 0.5, normalize: bool = False) -> NiN:
+    """The NiN paper's CIFAR network (Lin, Chen & Yan, 2014, section 4.2) as its widely used reproduction
+    defines it (the paper gives no widths): three mlpconv layers, 192-160-96 with a 5x5 conv, 192-192-192
+    with a 5x5 conv, 192-192-classes with a 3x3 conv; a 3x3/2 max-pool, dropout, a 3x3/2 average pool,
+    dropout, then global average pooling. 32x32 -> 16x16 -> 8x8 class maps.
+
+    >>> net = nin.nin_paper()
+    >>> sum(p.numel() for p in net.parameters()), net(torch.zeros(1, 3, 32, 32)).shape
+    (966986, torch.Size([1, 10]))
+    """
+    layers: list[nn.Module] = [Normalize(in_channels)] if normalize else []
+    for out, k, pool in ((((192, 160, 96)), 5, nn.MaxPool2d), ((192, 192, 192), 5, nn.AvgPool2d)):
+        layers += [_mlpconv(in_channels, out, k), pool(kernel_size=3, stride=2, ceil_mode=True), nn.Dropout(dropout)]
+        in_channels = out[-1]
+    layers += [_mlpconv(in_channels, (192, 192, num_classes), 3), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()]
+    return NiN(layers=layers)
 
 
-def build(arch: str = "nin", dropout: float = 0.5, width: int = 64) -> NiN:
-    """The network a config names: `nin` is the seed's (`width` unused), `nin-bn` is `nin_bn`."""
-    return NiN(dropout=dropout) if arch == "nin" else nin_bn(width, dropout)
+def _mlpconv(in_channels: int, channels: tuple[int, int, int], kernel_size: int) -> nn.Sequential:
+    """A k x k convolution (padded to keep the size), then two 1x1 convolutions, each with ReLU."""
+    (a, b, c), layers = channels, []
+    for cin, cout, k in ((in_channels, a, kernel_size), (a, b, 1), (b, c, 1)):
+        layers += [nn.Conv2d(cin, cout, k, padding=k // 2), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+ARCHS = ("nin", "nin-bn", "nin-paper")
+
+
+def build(arch: str = "nin", dropout: float = 0.5, width: int = 64, in_channels: int = 1, num_classes: int = 10,
+          normalize: bool = False) -> NiN:  # fmt: skip
+    """The network a config names, for `in_channels` and `num_classes`: `nin` is the seed's (`width`
+    unused), `nin-bn` is `nin_bn`, `nin-paper` is `nin_paper`."""
+    if arch == "nin":
+        return NiN(in_channels, num_classes, dropout, normalize=normalize)
+    if arch == "nin-bn":
+        return nin_bn(width, dropout, in_channels, num_classes, normalize)
+    return nin_paper(in_channels, num_classes, dropout, normalize)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -166,7 +221,7 @@ def feature_sizes(model: nn.Module, size: int) -> list[int]:
     for layer in model.modules():
         if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
             k, s, p = (_pair(getattr(layer, name)) for name in ("kernel_size", "stride", "padding"))
-            size = (size + 2 * p - k) // s + 1
+            size = (-(-(size + 2 * p - k) // s) if getattr(layer, "ceil_mode", False) else (size + 2 * p - k) // s) + 1
             sizes.append(size)
     return sizes
 
@@ -183,7 +238,7 @@ def min_resize(model: nn.Module) -> int:
     return size
 
 
-MAX_RESIZE = 1024  # 28x28 images upscaled further only cost memory (activations grow with its square)
+MAX_RESIZE = 1024  # small images upscaled further only cost memory (activations grow with its square)
 
 
 def check_resize(net: nn.Module, resize: int) -> None:
@@ -194,7 +249,7 @@ def check_resize(net: nn.Module, resize: int) -> None:
             f"left; the smallest input it accepts is {smallest}x{smallest}"
         )
     if resize > MAX_RESIZE:
-        raise NinError(f"resize {resize} is larger than {MAX_RESIZE}; the images are only 28x28")
+        raise NinError(f"resize {resize} is larger than {MAX_RESIZE}, the most nin takes")
 
 
 def layer_summary(model: nn.Module, size: int, in_channels: int = 1) -> list[dict]:

@@ -49,13 +49,14 @@ def plot_confusion(matrix: torch.Tensor, class_names: tuple[str, ...], path: Pat
     ax = fig.subplots()
     ax.imshow(matrix.tolist(), cmap="Blues")
     n = len(class_names)
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
+    small = {"fontsize": 7 if n <= 20 else 3}  # CIFAR-100: 100 names, and no counts in the cells
+    ax.set_xticks(range(n), class_names, rotation=45 if n <= 20 else 90, ha="right", **small)
+    ax.set_yticks(range(n), class_names, **small)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
     threshold = matrix.max().item() / 2
-    for i in range(n):
+    for i in range(n if n <= 20 else 0):
         for j in range(n):
             count = int(matrix[i, j])
             ax.text(
@@ -73,9 +74,11 @@ def plot_cams(
     class_names: tuple[str, ...],
     path: Path,
 ) -> None:
-    """One row per image: the input, then the class map of the predicted class and (when known) of the
-    true class over it. Both maps of a row share one colour scale, so their strengths compare."""
-    images, heat = images.numpy(), heat.numpy()
+    """One row per image (float (B, C, H, W) in [0, 1]): the input, then the class map of the predicted class
+    and (when known) of the true class over it. Both maps of a row share one colour scale, so their
+    strengths compare."""
+    images = images.permute(0, 2, 3, 1).numpy() if images.shape[1] == 3 else images[:, 0].numpy()
+    heat = heat.numpy()
     columns = 2 if labels is None else 3
     fig = _figure((2.2 * columns, 2.3 * len(images)))
     axes = fig.subplots(len(images), columns, squeeze=False)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from nin.cam import check_maps, draw_cams
-from nin.data import load_fashion_mnist, resize
+from nin.data import resize, test_set
 from nin.errors import NinError
 from nin.io import atomic_write_text
 from nin.plots import plot_curves
@@ -45,7 +45,8 @@ def report(run: Run, out: Path, data_dir: Path | None = None, device: str = "aut
 
     sections = [
         f"<h1>nin run {_e(run.path.name)}</h1>",
-        f"<p>Test accuracy <b>{result['test_acc']:.4f}</b> on {result['examples']} test images after "
+        f"<p>Test accuracy <b>{result['test_acc']:.4f}</b> on {result['examples']} {_e(run.spec.dataset)} test "
+        "images after "
         f"{len(history)} of {config.epochs} epochs; {sum(m['epoch_seconds'] for m in history):.0f} s of training "
         f"wall time.</p>",
         "<h2>How it was made</h2>" + _record_section(run.record),
@@ -70,7 +71,7 @@ def report(run: Run, out: Path, data_dir: Path | None = None, device: str = "aut
         + _table(["class", "accuracy"], [(c, f"{a:.4f}") for c, a in result["per_class_acc"].items()])
         + confusion
         + "</div>",
-        "<h2>Class activation maps</h2>" + _cam_section(run.model, config.resize, run.checkpoint, data_dir, per_kind),
+        "<h2>Class activation maps</h2>" + _cam_section(run, data_dir, per_kind),
     ]
     if run_dir.file("compare_json").exists():
         sections.append("<h2>NiN and the classic CNNs</h2>" + _compare_section(run_dir))
@@ -96,14 +97,15 @@ def _record_section(record: dict | None) -> str:
     return _table(["started", "status", "epochs", "machine and precision", "command", "wall s"], rows)
 
 
-def _cam_section(net: torch.nn.Module, size: int, checkpoint: Path, data_dir: Path | None, per_kind: int) -> str:
+def _cam_section(run: Run, data_dir: Path | None, per_kind: int) -> str:
     """The first `per_kind` correct and `per_kind` wrong predictions among the first test images."""
+    net, size = run.model, run.config.resize
     try:
-        check_maps(net, checkpoint, size)
+        check_maps(net, run.checkpoint, size)
     except NinError as e:
         return f"<p class=note>Not drawn: {_e(str(e))}.</p>"
-    images, labels = load_fashion_mnist("test", data_dir)
-    images, labels = images[:CAM_POOL], labels[:CAM_POOL]
+    data = test_set(run.config, data_dir or run.spec.data_dir)[:CAM_POOL]
+    images, labels = data.images, data.labels
     with torch.inference_mode():
         predicted = torch.cat([net(resize(chunk, size)).argmax(dim=1) for chunk in images.split(250)])
     right = (predicted == labels).nonzero().flatten()[:per_kind]
@@ -111,7 +113,8 @@ def _cam_section(net: torch.nn.Module, size: int, checkpoint: Path, data_dir: Pa
     chosen = torch.cat([right, wrong])
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "cam.png"
-        draw_cams(net, size, images[chosen], labels[chosen], [f"test image {i}" for i in chosen.tolist()], png)
+        draw_cams(net, size, run.spec.classes, images[chosen], labels[chosen],
+                  [f"test image {i}" for i in chosen.tolist()], png)  # fmt: skip
         return (
             f"<p>The first {len(right)} correct and {len(wrong)} wrong predictions among the first {CAM_POOL} "
             "test images: each class's map is what global average pooling turns into its score.</p>"

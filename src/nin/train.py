@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nin.checkpoint import load_checkpoint, save_checkpoint
 from nin.config import FIELDS, Config, from_dict
-from nin.data import Batches, augment, load_fashion_mnist, split
+from nin.data import Batches, Dataset, Spec, augment, mean_std, splits
 from nin.errors import NinError
 from nin.evaluate import evaluate_accuracy
 from nin.guards import StopOnSignal, blown, chance_plateau, diverged
@@ -37,12 +37,17 @@ from nin.runtime import Runtime, setup, sync, sync_batch_norm
 from nin.step import EpochState, train_step
 
 
-def init_model(config: Config) -> NiN:
-    """The network with its initial weights, drawn from `config.seed` (the same on every rank)."""
+def init_model(config: Config, train_set: Dataset | None = None) -> NiN:
+    """The network for `train_set`'s channels and classes (None: Fashion-MNIST's) with its initial weights,
+    drawn from `config.seed` (the same on every rank), and with `normalize`, the training set's mean and std."""
     torch.manual_seed(config.seed)
-    net = build(config.arch, config.dropout, config.width)
+    shape = (train_set.images.shape[1], len(train_set.classes)) if train_set else (1, 10)
+    net = build(config.arch, config.dropout, config.width, *shape, config.normalize)
     check_resize(net, config.resize)
-    return net.apply(INITS[config.init])
+    net.apply(INITS[config.init])
+    if config.normalize and train_set:
+        net[0].mean[0, :, 0, 0], net[0].std[0, :, 0, 0] = mean_std(train_set.images)
+    return net
 
 
 @dataclass
@@ -52,6 +57,7 @@ class _Loop:
     config: Config
     run: RunDir
     rt: Runtime
+    spec: Spec
     net: NiN
     model: nn.Module  # `net`, or its DDP wrapper under torchrun
     optimizer: torch.optim.Optimizer
@@ -74,7 +80,9 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
     if config.batch_size % rt.world_size:
         raise NinError(f"--batch-size {config.batch_size} (the global batch) does not divide among "
                        f"{rt.world_size} processes; use a multiple of {rt.world_size}")  # fmt: skip
-    net = init_model(config)
+    train_set, val_set, test_set = splits(config, data_dir)
+    spec = Spec.of(config.dataset, train_set, data_dir)
+    net = init_model(config, train_set)
     if config.sync_bn:  # in one process the same arithmetic, so that 1 and N processes compare
         net = sync_batch_norm(net)
     net = net.to(rt.device, memory_format=torch.channels_last)
@@ -84,7 +92,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
     position = _restore(run, net, optimizer, rt) if resume else {"epoch": 0, "step": 0, "sums": None, "metrics": []}
     # DDP averages gradients over ranks; rank 0's initial weights are broadcast to all
     model = DistributedDataParallel(net) if rt.world_size > 1 else net
-    train_iter, val_iter, test_iter = _batches(config, data_dir, rt)
+    train_iter, val_iter, test_iter = _batches(config, (train_set, val_set, test_set), rt)
 
     log = print if rt.is_main else lambda *a, **k: None
     history: list[dict] = position["metrics"]
@@ -93,7 +101,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
         return history
     log(f"training on {rt.device}" + (f" x {rt.world_size} processes" if rt.world_size > 1 else ""))
     log(f"{len(train_iter.labels)} training / " + (f"{len(val_iter.labels)} validation / " if val_iter else "")
-        + f"{len(test_iter.labels)} test images at {config.resize}x{config.resize}, "
+        + f"{len(test_iter.labels)} test images of {config.dataset} at {config.resize}x{config.resize}, "
         f"{'bf16 autocast' if rt.dtype else 'fp32'}, "
         f"run directory {run.path}")  # fmt: skip
     if position["epoch"] or position["step"]:
@@ -106,7 +114,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
     session = run.session(rt.precision, rt.world_size, str(rt.device), history) if rt.is_main else nullcontext()
     live = LiveCurves()  # in a Jupyter notebook, the curves redrawn in the cell; elsewhere nothing
     with rt.peers_answer(), session, StopOnSignal() as stop:
-        loop = _Loop(config, run, rt, net, model, optimizer, train_iter, history, stop)
+        loop = _Loop(config, run, rt, spec, net, model, optimizer, train_iter, history, stop)
         for epoch in range(position["epoch"], config.epochs):
             epoch_start = time.perf_counter()
             resumed = epoch == position["epoch"]
@@ -216,20 +224,15 @@ def continues(config: Config, run: RunDir) -> bool:
     return state is not None
 
 
-def _batches(config: Config, data_dir: Path | None, rt: Runtime) -> tuple[Batches, Batches | None, Batches]:
-    """(training, validation or None, test) batches of this rank, as `config` cuts the data."""
-    train_x, train_y = load_fashion_mnist("train", data_dir)
-    test_x, test_y = load_fashion_mnist("test", data_dir)
-    if config.val_split:
-        (train_x, train_y), (val_x, val_y) = split(train_x, train_y, config.val_split)
-    if config.train_limit:
-        train_x, train_y = train_x[: config.train_limit], train_y[: config.train_limit]
-    if config.test_limit:
-        test_x, test_y = test_x[: config.test_limit], test_y[: config.test_limit]
+def _batches(config: Config, data: tuple[Dataset, Dataset | None, Dataset],
+             rt: Runtime) -> tuple[Batches, Batches | None, Batches]:  # fmt: skip
+    """(training, validation or None, test) batches of this rank, from the `splits` of the data."""
+    train, val, test = data
     shard = dict(device=rt.device, rank=rt.rank, world_size=rt.world_size)
-    train_iter = Batches(train_x, train_y, config.batch_size, config.resize, shuffle=True, seed=config.seed, **shard)
-    val_iter = Batches(val_x, val_y, config.batch_size, config.resize, **shard) if config.val_split else None
-    return train_iter, val_iter, Batches(test_x, test_y, config.batch_size, config.resize, **shard)
+    train_iter = Batches(train.images, train.labels, config.batch_size, config.resize, shuffle=True,
+                         seed=config.seed, **shard)  # fmt: skip
+    val_iter = Batches(val.images, val.labels, config.batch_size, config.resize, **shard) if val else None
+    return train_iter, val_iter, Batches(test.images, test.labels, config.batch_size, config.resize, **shard)
 
 
 def _checkpoint(loop: _Loop, epoch: int, step: int, sums: list) -> None:
@@ -239,8 +242,8 @@ def _checkpoint(loop: _Loop, epoch: int, step: int, sums: list) -> None:
     cuda_rng = rt.gather(torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None)
     if rt.is_main:
         position = {"epoch": epoch, "step": step, "sums": sums, "world_size": rt.world_size}
-        save_checkpoint(loop.run.file("checkpoint"), loop.net, loop.optimizer, position, loop.config, loop.history,
-                        rng, cuda_rng)  # fmt: skip
+        save_checkpoint(loop.run.file("checkpoint"), loop.net, loop.optimizer, position, loop.config, loop.spec,
+                        loop.history, rng, cuda_rng)  # fmt: skip
 
 
 def _restore(run: RunDir, net: NiN, optimizer: torch.optim.Optimizer, rt: Runtime) -> dict:
