@@ -114,8 +114,9 @@ def test_a_truncated_or_foreign_archive_leaves_nothing_half_extracted(tmp_path, 
         info.size = 5
         tar.addfile(info, io.BytesIO(b"12345"))
     archive.write_bytes(buffer.getvalue())
-    monkeypatch.setitem(ARCHIVES, "cifar10", dataclasses.replace(ARCHIVES["cifar10"], size=len(buffer.getvalue()),
-                                                                 md5=hashlib.md5(buffer.getvalue()).hexdigest()))  # fmt: skip
+    foreign = buffer.getvalue()
+    monkeypatch.setitem(ARCHIVES, "cifar10", dataclasses.replace(ARCHIVES["cifar10"], size=len(foreign),
+                                                                 md5=hashlib.md5(foreign).hexdigest()))  # fmt: skip
     with pytest.raises(NinError, match="5 bytes is not a whole number of cifar10 records of 3073 bytes"):
         load_split("cifar10", "train", tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["cifar-10-binary.tar.gz"]

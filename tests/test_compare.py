@@ -74,7 +74,8 @@ def test_every_model_gets_the_budget_and_learns(with_tiny, tmp_path):
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["rows"] == rows and saved["recipe"]["budget"] == 6000
     table = (tmp_path / "compare.md").read_text().splitlines()
-    assert table[0].startswith("6,000 training images of fashion-mnist per model at 28x28") and table[-1].startswith("| a tiny CNN |")
+    assert table[0].startswith("6,000 training images of fashion-mnist per model at 28x28")
+    assert table[-1].startswith("| a tiny CNN |")
     with Image.open(tmp_path / "compare.png") as png:
         assert png.format == "PNG"
 

@@ -226,3 +226,50 @@ def test_random_erasing_replaces_one_rectangle_in_about_half_of_the_images():
     assert 0.01 < min(shares) < 0.05 and 0.35 < max(shares) <= 0.45  # area 2% to 40% (rounded, clipped)
     y = augment(torch.rand(64, 1, 28, 28), "flip-crop-erase")
     assert y.shape == (64, 1, 28, 28) and y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bundled_mnist_is_the_real_mnist():
+    train, test = data.load("mnist")
+    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    # facts from data/mnist/README.md: label counts, first labels, pixel mean and std
+    assert torch.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert train.labels[:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3]
+    assert test.labels[:8].tolist() == [7, 2, 1, 0, 4, 1, 4, 9]
+    mean, std = data.mean_std(train.images)
+    assert (round(mean.item(), 4), round(std.item(), 4)) == (0.1307, 0.3081)
+    assert test.classes == tuple("0123456789")
+
+
+def test_the_official_mnist_gz_passes_too(tmp_path):
+    """The checksums are of the decompressed IDX content: another gzip of the same bytes (LeCun's own .gz
+    files have other headers than the bundled ones) passes; other content does not."""
+    for file in data.IDX["mnist"].sha256:
+        raw = gzip.decompress((data.REPO_DATA / "mnist" / file).read_bytes())
+        (tmp_path / file).write_bytes(gzip.compress(raw, compresslevel=1, mtime=1))
+    assert len(data.load_split("mnist", "test", tmp_path)) == 10000
+    fashion = data.REPO_DATA / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    shutil.copy(fashion, tmp_path / "t10k-labels-idx1-ubyte.gz")  # the right format, the wrong dataset
+    with pytest.raises(NinError, match="checksum mismatch.*official mnist file"):
+        data.load_split("mnist", "test", tmp_path)
+
+
+def test_unknown_dataset_and_folder_without_a_data_dir():
+    with pytest.raises(NinError, match="unknown dataset 'svhn'; choose from fashion-mnist, mnist"):
+        data.load("svhn")
+    with pytest.raises(NinError, match="--dataset folder needs --data-dir DIR"):
+        data.load("folder")
+
+
+def test_mean_std_is_per_channel():
+    x = torch.stack([torch.zeros(4, 4), torch.full((4, 4), 255.0)]).to(torch.uint8).expand(3, 2, 4, 4)
+    mean, std = data.mean_std(x.contiguous())
+    assert mean.tolist() == [0.0, 1.0] and std.max() < 1e-5
+
+
+def test_crop_augment_shifts_without_flipping_and_keeps_channels():
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 28, 28)
+    out = augment(x, "crop")
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for o, p in zip(out, padded):
+        assert any(torch.equal(o, p[:, dy : dy + 28, dx : dx + 28]) for dy in range(5) for dx in range(5))

@@ -35,7 +35,8 @@ def test_png_folders_hold_exactly_the_idx_pixels(images):
     train = load_split("folder", "train", images, image_size=28)
     x, y = load_fashion_mnist("train")
     assert train.images.shape == (200, 1, 28, 28) and train.classes == tuple(
-        sorted(n.replace("/", "-") for n in nin.CLASS_NAMES))
+        sorted(n.replace("/", "-") for n in nin.CLASS_NAMES)
+    )
     names = sorted(n.replace("/", "-") for n in nin.CLASS_NAMES)
     first = sorted((images / "train" / names[0]).iterdir())[0]
     index = int(first.stem)
@@ -80,8 +81,10 @@ def test_the_second_load_comes_from_the_cache_until_a_file_changes(images, monke
     [
         (lambda r: (r / "train" / "Bag" / "0.png").write_text("no"), r"train/Bag/0.png: cannot read it as an image"),
         (lambda r: (r / "train" / "Empty").mkdir(), r"train/Empty: an empty class folder"),
-        (lambda r: (r / "test" / "Cat").mkdir() or Image.new("L", (28, 28)).save(r / "test" / "Cat" / "c.png"),
-         r"class folder\(s\) Cat are not in train/"),
+        (
+            lambda r: (r / "test" / "Cat").mkdir() or Image.new("L", (28, 28)).save(r / "test" / "Cat" / "c.png"),
+            r"class folder\(s\) Cat are not in train/",
+        ),
     ],
     ids=["unreadable", "empty-class", "unknown-test-class"],
 )

@@ -1,4 +1,4 @@
-"""nin: d2l's Network in Network on Fashion-MNIST, faithful and fast.
+"""nin: d2l's Network in Network on Fashion-MNIST (and MNIST, CIFAR, your own images), faithful and fast.
 
 The public API is `__all__`, documented in docs/api.md; the `nin` command is built on it. Everything else
 is internal and may change.
@@ -15,9 +15,10 @@ is internal and may change.
 # with `from nin.train import ...` or importlib.import_module("nin.train").
 from nin.api import Run, build_model, load, train
 from nin.config import Config, load_preset, presets
+from nin import data
 from nin.data import CLASS_NAMES, load_fashion_mnist
 from nin.errors import NinError
-from nin.model import NiN, init_weights, layer_summary, nin_block, nin_bn
+from nin.model import NiN, init_weights, layer_summary, nin_block, nin_bn, nin_paper
 
 __all__ = [
     "CLASS_NAMES",
@@ -26,6 +27,7 @@ __all__ = [
     "NinError",
     "Run",
     "build_model",
+    "data",
     "init_weights",
     "layer_summary",
     "load",
@@ -33,6 +35,7 @@ __all__ = [
     "load_preset",
     "nin_block",
     "nin_bn",
+    "nin_paper",
     "presets",
     "train",
 ]

@@ -8,6 +8,10 @@ Every dataset is a `Dataset`: uint8 images (N, C, H, W), int64 labels and class 
 and MNIST are IDX files (bundled with the repository); CIFAR-10/100 are the official *binary* archives
 (fixed-size records, nothing unpickled), downloaded on first use; `folder` is a class-per-folder tree
 of PNG/JPEG files (nin/folder.py).
+
+>>> train, test = nin.data.load("fashion-mnist")
+>>> train.images.shape, test.classes[test.labels[0]]
+(torch.Size([60000, 1, 28, 28]), 'Ankle boot')
 """
 
 from __future__ import annotations
