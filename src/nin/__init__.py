@@ -7,6 +7,7 @@ is internal and may change.
 >>> run = nin.train("fast", out="runs/fast")
 >>> run.test_acc
 0.9213
+>>> nin.load_weights("fast").predict(["shirt.png"])  # weights that ship with nin: no training
 """
 
 # `nin.train` is the API's function, and the training loop's module has the same name, nin/train.py.
@@ -18,6 +19,7 @@ from nin.config import Config, load_preset, presets
 from nin.data import CLASS_NAMES, load_fashion_mnist
 from nin.errors import NinError
 from nin.model import NiN, init_weights, layer_summary, nin_block, nin_bn
+from nin.shipped import load_weights
 
 __all__ = [
     "CLASS_NAMES",
@@ -30,6 +32,7 @@ __all__ = [
     "layer_summary",
     "load",
     "load_fashion_mnist",
+    "load_weights",
     "load_preset",
     "nin_block",
     "nin_bn",

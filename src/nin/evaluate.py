@@ -6,6 +6,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +18,7 @@ from nin.plots import plot_confusion
 from nin.runtime import Runtime, local
 
 Images = str | Path | Sequence[str | Path] | torch.Tensor  # image files, or uint8 images (N, 28, 28)
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo decodes (about 120 MB as RGB); a decompression bomb does not
 
 
 def evaluate_accuracy(net: torch.nn.Module, batches: Batches, rt: Runtime | None = None) -> float:
@@ -80,23 +82,33 @@ def evaluate(net: torch.nn.Module, config: Config, plot: Path, data_dir: Path | 
     return result
 
 
-def load_image(path: Path) -> torch.Tensor:
-    """Any PNG/JPEG -> (28, 28) uint8 grayscale, the format of a Fashion-MNIST image.
+def load_image(path: Path | BinaryIO) -> torch.Tensor:
+    """Any PNG/JPEG (a file, or a binary file object such as io.BytesIO, named in errors by its `name`
+    attribute) -> (28, 28) uint8 grayscale, the format of a Fashion-MNIST image.
 
     Images of another size are first brought to 28x28 (bilinear, antialiased), so that they then
     go through exactly the resize the network was trained with. No inversion: Fashion-MNIST shows a
-    light garment on a black background.
+    light garment on a black background. Images over MAX_PIXELS are refused from their header, before
+    they are decoded.
     """
+    name = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "the image")
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise NinError(f"{name}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
+                               "(a decompression bomb?); use a smaller image")  # fmt: skip
             img = img.convert("L")
             if img.size != (28, 28):
                 img = img.resize((28, 28), Image.Resampling.BILINEAR)
             return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(28, 28)
     except FileNotFoundError:
-        raise NinError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
-        raise NinError(f"{path}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
+        raise NinError(f"{name}: no such image file") from None
+    except UnidentifiedImageError:  # its message names the file object, not the file
+        raise NinError(
+            f"{name}: cannot read it as an image (not a format Pillow knows); use a PNG or JPEG file"
+        ) from None
+    except (Image.DecompressionBombError, OSError, ValueError) as e:
+        raise NinError(f"{name}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
 
 
 def load_images(images: Images) -> tuple[torch.Tensor, list[str]]:
