@@ -42,8 +42,11 @@ def load_weights(name: str) -> Run:
     checking the weights file against the SHA-256 on the model card.
 
     >>> run = nin.load_weights("fast")
-    >>> run.card["test_acc"], run.predict(images[:1], top=1)[0]["top"][0]["class"]
-    (0.9209, 'Ankle boot')
+    >>> run.card["test_acc"], run.model.training
+    (0.9209, False)
+    >>> images, labels = nin.load_fashion_mnist("test")
+    >>> run.predict(images[:1], top=1)[0]["top"][0]["class"]
+    'Ankle boot'
     """
     info = card(name)
     path = WEIGHTS_DIR / info["weights"]
