@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -185,6 +186,15 @@ def test_page_and_info(port, run):
                                                    "max_upload": MAX_UPLOAD, "max_pixels": 40_000_000})  # fmt: skip
 
 
+def test_a_run_with_1x1_class_maps_gets_a_note_instead(test_images):
+    """The seed's NiN at 67x67 (the quick preset's size) has 1x1 maps: nothing to show where."""
+    from nin.serve import answer
+
+    run = nin.Run(Path("untrained"), Path("untrained.pt"), nin.Config(resize=67), nin.NiN().eval(), [], None)
+    result = answer(run, test_images[0][0])
+    assert len(result["top"]) == 3 and result["cam"] is None and "1x1" in result["note"]
+
+
 def test_defaults_listen_on_this_machine_only():
     args = get_args_parser().parse_args(["serve", "--weights", "fast"])
     assert (args.host, args.port) == ("127.0.0.1", 8000)
@@ -203,19 +213,25 @@ def test_port_in_use_gets_one_message(port, capsys):
 
 
 def browser_paths() -> tuple[str, str]:
-    """Debian's chromium and chromedriver (make installs them); required where NIN_REQUIRE_BROWSER is set (CI)."""
+    """Debian's chromium and chromedriver (make installs them as root) and selenium (the dev extra); where
+    NIN_REQUIRE_BROWSER is set (CI), a missing one fails the test instead of skipping it."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        chromium = None
     if not (chromium and driver):
+        missing = "chromium, chromedriver or selenium is missing (make test installs them, as root)"
         if os.environ.get("NIN_REQUIRE_BROWSER"):
-            pytest.fail("NIN_REQUIRE_BROWSER is set but chromium or chromedriver is missing: run make test as root")
-        pytest.skip("chromium and chromedriver are not installed (make test installs them as root)")
+            pytest.fail(f"NIN_REQUIRE_BROWSER is set but {missing}")
+        pytest.skip(missing)
     return chromium, driver
 
 
 @pytest.mark.slow  # starts nin serve and a browser
 def test_the_page_in_a_real_browser(tmp_path, run):
     chromium, driver_path = browser_paths()
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -232,7 +248,10 @@ def test_the_page_in_a_real_browser(tmp_path, run):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = None
     try:
-        url = re.search(r"http://\S+/", server.stdout.readline()).group(0)
+        line = server.stdout.readline()  # serving fast on http://127.0.0.1:PORT/ (Ctrl-C stops)
+        url = re.search(r"http://\S+/", line)
+        assert url, f"nin serve did not start: {line}{server.stderr.read() if server.poll() is not None else ''}"
+        url = url.group(0)
         browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
         browser.get(url)
         wait = WebDriverWait(browser, 15)

@@ -402,6 +402,7 @@ def serve(args: argparse.Namespace) -> int:
     run = load_model(args)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     print(f"serving {args.weights or args.checkpoint} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     serve_forever(run, sock)
     return 0
