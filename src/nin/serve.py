@@ -163,10 +163,17 @@ def app(run: Run):
 
 def listen(host: str, port: int) -> socket.socket:
     """A socket listening on host:port (port 0: any free one)."""
+    sock = None
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+        sock.bind(address)
+        sock.listen()
+        return sock
     except OSError as e:
+        if sock is not None:
+            sock.close()
         raise NinError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
 
 
