@@ -123,6 +123,7 @@ def test_every_command_takes_weights_and_writes_into_the_current_directory(fast,
         (["evaluate"], "give a run directory or checkpoint, or --weights NAME"),
         (["predict", "--weights", "fast", "--resize", "32", "a.png"], "shipped weights know their input size"),
         (["predict", "--weights", "fast"], "no images given"),
+        (["export", "runs/fast", "--weights", "fast"], "give either runs/fast or --weights fast, not both"),
     ],
 )
 def test_bad_weights_arguments(args, fragment, capsys):

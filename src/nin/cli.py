@@ -147,6 +147,8 @@ def load_model(args: argparse.Namespace) -> Run:
         if args.checkpoint is None:
             raise NinError("give a run directory or checkpoint, or --weights NAME (`nin weights` lists them)")
         return load(args.checkpoint, args.resize)
+    if args.checkpoint is not None and not hasattr(args, "images"):  # predict and cam take it as an image
+        raise NinError(f"give either {args.checkpoint} or --weights {args.weights}, not both")
     if getattr(args, "resize", None) is not None:
         raise NinError(f"--resize {args.resize}: shipped weights know their input size; --resize is for a bare "
                        "state_dict")  # fmt: skip
