@@ -66,7 +66,8 @@ def render(info: dict) -> str:
         f"{info['name']}: {info['description']}",
         f"  dataset        {info['dataset']} ({len(info['classes'])} classes: {', '.join(info['classes'])})",
         f"  test accuracy  {info['test_acc']:.4f} ({info['test_correct']:,} of {info['test_images']:,} test images; "
-        f"{info['evaluated']})",
+        f"{info['evaluated']}; smallest top-2 logit gap {info['smallest_top2_gap']:.1e}, fp32 error "
+        f"{info['fp32_error']:.1e}: the same on any CPU)",
         f"  network        {info['config']['arch']}, width {info['config']['width']}, input "
         f"{'x'.join(map(str, info['input']))}: {info['parameters']:,} parameters, {info['macs']:,} MACs per image",
         f"  trained by     {info['command']} (seed {info['seed']}, {session['precision']}, "
