@@ -62,7 +62,7 @@ def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) ->
     card = {
         "name": name,
         "description": description,
-        "dataset": "fashion-mnist",
+        "dataset": getattr(run.config, "dataset", "fashion-mnist"),  # runs name their dataset once they have a choice
         "classes": run.classes,
         "test_acc": result["test_acc"],
         "test_correct": round(result["test_acc"] * result["examples"]),
