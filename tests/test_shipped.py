@@ -4,7 +4,9 @@ every command takes `--weights NAME` without writing into the package."""
 import dataclasses
 import fnmatch
 import hashlib
+import importlib.util
 import json
+import shlex
 import shutil
 import tomllib
 from pathlib import Path
@@ -21,6 +23,7 @@ from nin.model import layer_summary
 
 NAMES = shipped.names()
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +132,31 @@ def test_every_command_takes_weights_and_writes_into_the_current_directory(fast,
 def test_bad_weights_arguments(args, fragment, capsys):
     assert main(args) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_ship_weights_writes_a_card_that_loads(tmp_path, monkeypatch, capsys):
+    """benchmarks/ship_weights.py on a tiny real run: the two files, and the card measured from them."""
+    spec = importlib.util.spec_from_file_location("ship_weights", BENCHMARKS / "ship_weights.py")
+    ship_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_weights)
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path / "weights")
+    run = nin.train("fast", out=tmp_path / "run", width=4, epochs=1, train_limit=512, test_limit=64, device="cpu")
+    unfinished = nin.Run(run.path, run.checkpoint, run.config, run.model, run.metrics, None)
+    monkeypatch.setattr(nin, "load", lambda path: unfinished if str(path) == "no-record" else run)
+    assert ship_weights.main(["no-record", "--name", "tiny", "--description", "d", "--out", str(tmp_path)]) == 2
+    assert "not a finished run with a run record" in capsys.readouterr().err
+    assert ship_weights.main([str(run.path), "--name", "tiny", "--description", "a tiny run",
+                              "--out", str(tmp_path / "weights")]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["tiny.json", "tiny.pt"]
+    tiny = nin.load_weights("tiny")
+    card = tiny.card
+    assert card["test_acc"] == tiny.evaluate(device="cpu", plot=tmp_path / "c.png")["test_acc"]
+    assert card["test_images"] == 10_000 and card["record"] == run.record and card["metrics"] == run.metrics
+    assert card["config"] == {**run.config.to_dict(), "precision": "fp32"} and card["seed"] == run.config.seed
+    assert card["command"] == shlex.join(run.record["sessions"][0]["command"])
+    assert 0 <= card["fp32_error"] < 1e-4 and card["smallest_top2_gap"] >= 0
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, tiny.model.state_dict()[key])
 
 
 def test_package_data_holds_the_weights_and_the_page():
