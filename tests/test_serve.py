@@ -195,6 +195,16 @@ def test_a_run_with_1x1_class_maps_gets_a_note_instead(test_images):
     assert len(result["top"]) == 3 and result["cam"] is None and "1x1" in result["note"]
 
 
+def test_a_failure_of_the_server_is_json_too(port, test_images, monkeypatch):
+    from nin import serve
+
+    with monkeypatch.context() as m:
+        m.setattr(serve, "overlay", lambda *args: 1 / 0)  # a bug, while the server runs
+        answer = post_image(port, test_images[0][0])
+    assert answer == (500, {"error": "the server failed on this request (ZeroDivisionError); see its log"})
+    assert_good_request(port, test_images)
+
+
 def test_defaults_listen_on_this_machine_only():
     args = get_args_parser().parse_args(["serve", "--weights", "fast"])
     assert (args.host, args.port) == ("127.0.0.1", 8000)

@@ -406,5 +406,8 @@ def serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
     print(f"serving {args.weights or args.checkpoint} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"nin: note: --host {args.host}: anyone who can reach this port can use it (no authentication)",
+              file=sys.stderr)  # fmt: skip
     serve_forever(run, sock)
     return 0

@@ -157,8 +157,12 @@ def app(run: Run):
     async def http_error(request, e: HTTPException) -> Response:  # 404, 405: JSON like every other error
         return JSONResponse({"error": f"{request.method} {request.url.path}: {e.detail}"}, status_code=e.status_code)
 
+    async def server_error(request, e: Exception) -> Response:  # a bug of ours: JSON too, the traceback in the log
+        return JSONResponse({"error": f"the server failed on this request ({type(e).__name__}); see its log"},
+                            status_code=500)  # fmt: skip
+
     routes = [Route("/", index), Route("/info", info), Route("/predict", predict, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
 def listen(host: str, port: int) -> socket.socket:
