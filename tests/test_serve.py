@@ -182,7 +182,7 @@ def test_page_and_info(port, run):
     # one file, nothing fetched from elsewhere: every src and href is inline data, no external script or style
     assert all(url.startswith("data:") for url in re.findall(r'(?:src|href)="([^"]*)"', page))
     assert "<script src" not in page and "@import" not in page and "url(" not in page
-    assert request(port, "GET", "/info") == (200, {"model": "fast", "classes": run.classes, "input": 28,
+    assert request(port, "GET", "/info") == (200, {"model": "fast", "classes": list(run.classes), "input": 28,
                                                    "max_upload": MAX_UPLOAD, "max_pixels": 40_000_000})  # fmt: skip
 
 

@@ -65,7 +65,7 @@ def test_model_card_holds_for_its_weights(name, tmp_path):
     assert weights.stat().st_size == card["weights_bytes"]
     state = torch.load(weights, weights_only=True)
     assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
-    assert card["classes"] == run.classes and card["seed"] == card["config"]["seed"]
+    assert card["classes"] == list(run.classes) and card["seed"] == card["config"]["seed"]
     assert card["nin_commit"] == card["record"]["sessions"][0]["nin_commit"]
     assert card["metrics"] == run.metrics and len(run.metrics) == run.config.epochs
 

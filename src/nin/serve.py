@@ -75,11 +75,11 @@ def answer(run: Run, data: bytes) -> dict:
 
 
 def overlay(x: torch.Tensor, heat: torch.Tensor) -> str:
-    """The image `x` (1, 1, S, S) in [0, 1] with the class map `heat` (1, h, w) upsampled over it, as a PNG
-    data URL; the map is scaled from its own minimum (dark) to its maximum (bright)."""
+    """The image `x` (1, C, S, S) in [0, 1], in gray, with the class map `heat` (1, h, w) upsampled over it, as
+    a PNG data URL; the map is scaled from its own minimum (dark) to its maximum (bright)."""
     from PIL import Image
 
-    gray = F.interpolate(x.float(), size=(SHOWN, SHOWN), mode="bilinear", align_corners=False)[0, 0]
+    gray = F.interpolate(x.float().mean(dim=1, keepdim=True), size=(SHOWN, SHOWN), mode="bilinear")[0, 0]
     heat = F.interpolate(heat[None].float(), size=(SHOWN, SHOWN), mode="bilinear", align_corners=False)[0, 0]
     heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
     position = heat * (len(COLOURS) - 1)
