@@ -58,12 +58,17 @@ def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) ->
             device="cpu", plot=Path(tmp) / "confusion.png"
         )
     rows = layer_summary(model, config.resize)
+    # what a checkpoint's "data" entry holds (the run's data spec); every run is Fashion-MNIST's before datasets
+    spec = getattr(run, "spec", None)
+    data = spec.to_dict() if spec else {"dataset": "fashion-mnist", "classes": list(run.classes), "channels": 1,
+                                        "size": 28, "data_dir": None}  # fmt: skip
     gap, error = margins(model, config.resize)
     card = {
         "name": name,
         "description": description,
-        "dataset": getattr(run.config, "dataset", "fashion-mnist"),  # runs name their dataset once they have a choice
-        "classes": run.classes,
+        "dataset": data["dataset"],
+        "classes": data["classes"],
+        "data": data,
         "test_acc": result["test_acc"],
         "test_correct": round(result["test_acc"] * result["examples"]),
         "test_images": result["examples"],

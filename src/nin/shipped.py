@@ -55,7 +55,7 @@ def load_weights(name: str) -> Run:
         raise NinError(f"{path}: its SHA-256 differs from the one on its model card ({name}.json), so the file "
                        "was changed or damaged; reinstall nin to get the shipped weights back")  # fmt: skip
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    model, config = model_from_state({"model": state, "config": info["config"]}, path)
+    model, config = model_from_state({"model": state, "config": info["config"], "data": info["data"]}, path)
     return Run(WEIGHTS_DIR / name, path, config, model, info["metrics"], info["record"], card=info)
 
 
