@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test test-quick notebook
+.PHONY: train test test-quick notebook browser
 
 $(VENV)/installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,19 @@ $(VENV)/installed: pyproject.toml Makefile
 train: $(VENV)/installed
 	$(BIN)/nin train --preset fast
 
-test: $(VENV)/installed
+test: $(VENV)/installed browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest
+
+# the browser that tests/test_serve.py drives: Debian's chromium and chromedriver, installed where missing (CI
+# runs as root on Debian); elsewhere, without root, the browser test is skipped unless NIN_REQUIRE_BROWSER is set
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "make: no chromium/chromedriver and not root: the browser test of nin serve will be skipped"; fi; \
+	fi
 
 # the quick tier for day-to-day work: no test that starts a process of its own
 test-quick: $(VENV)/installed

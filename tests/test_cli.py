@@ -32,7 +32,8 @@ def test_help_lists_every_command():
     result = nin("--help")
     assert result.returncode == 0
     listed = re.findall(r"^    (\w+) ", result.stdout, re.MULTILINE)  # argparse's list of subcommands
-    assert listed == ["summary", "train", "sweep", "evaluate", "predict", "cam", "compare", "report", "export"]
+    assert listed == ["summary", "train", "sweep", "evaluate", "predict", "cam", "compare", "report", "export",
+                      "weights", "serve"]  # fmt: skip
     train_help = nin("train", "--help").stdout
     for flag in ("--preset", "--config", "--epochs", "--lr", "--batch-size", "--resize", "--device", "--seed",
                  "--train-limit", "--test-limit", "--out", "--force", "--data-dir", "--precision", "--resume",

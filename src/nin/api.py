@@ -24,7 +24,7 @@ from nin.evaluate import predict as predict_images
 from nin.io import atomic_torch_save
 from nin.model import NiN, layer_summary
 from nin.report import report as write_report
-from nin.run import RunDir, new_run_path
+from nin.run import FILES, RunDir, new_run_path
 from nin.runtime import is_main_process
 from nin.train import train as train_loop
 
@@ -36,7 +36,8 @@ class Run:
     """A trained run, as `nin.train` returns it and `nin.load` reads it: its directory (`path`), checkpoint
     file, `config`, per-epoch `metrics`, final `test_acc`, the trained `model` (in eval mode, on the CPU), the
     run `record` (run.json: how the run was made; None without one) and its data's `spec` (dataset, class
-    names, channels, image size).
+    names, channels, image size). Shipped weights (`nin.load_weights`) also have their model `card`; their
+    outputs go to the current directory, never into the installed package.
 
     >>> run = nin.load("runs/fast")
     >>> run.test_acc, run.config.epochs, len(run.metrics)
@@ -50,6 +51,7 @@ class Run:
     metrics: list[dict]
     record: dict | None
     spec: Spec
+    card: dict | None = None  # the model card of shipped weights (nin/weights/NAME.json); None for a run
 
     def __repr__(self) -> str:
         acc = "no epoch yet" if self.test_acc is None else f"test acc {self.test_acc:.4f}"
@@ -75,6 +77,13 @@ class Run:
         """
         return self.metrics[-1]["test_acc"] if self.metrics else None
 
+    def _file(self, key: str) -> Path:
+        """Where an output goes by default: into the run directory; for shipped weights, NAME-FILE in the
+        current directory (e.g. fast-cam.png), since the package's folder may not be writable or ours to fill."""
+        if self.card is None:
+            return RunDir(self.path).file(key)
+        return Path(f"{self.card['name']}-{FILES[key][0]}")
+
     def evaluate(self, data_dir: str | Path | None = None, device: str = "auto", test_limit: int = 0,
                  tta: bool = False, plot: str | Path | None = None) -> dict:  # fmt: skip
         """Test accuracy, per-class accuracy and confusion matrix, as `nin evaluate --json` prints them, in
@@ -85,7 +94,7 @@ class Run:
         >>> result["test_acc"], result["per_class_acc"]["Shirt"]
         (0.918, 0.72)
         """
-        png = Path(plot) if plot else RunDir(self.path).file("confusion")
+        png = Path(plot) if plot else self._file("confusion")
         result = evaluate_model(self.model, self.config, self.spec, png, data_dir, device, test_limit, tta)
         return {"checkpoint": str(self.checkpoint), **result, "record": self.record}
 
@@ -112,7 +121,7 @@ class Run:
         >>> result["png"], result["images"][0]
         ('runs/fast/cam.png', {'image': 'test image 0', 'predicted': 'Ankle boot', 'prob': 0.99, ...})
         """
-        png = Path(out) if out else RunDir(self.path).file("cam")
+        png = Path(out) if out else self._file("cam")
         rows = draw_class_maps(self.model, self.config, self.spec, self.checkpoint, png, images, test_samples,
                                data_dir)  # fmt: skip
         return {"checkpoint": str(self.checkpoint), "png": str(png), "images": rows}
@@ -124,7 +133,7 @@ class Run:
         >>> run.report()
         PosixPath('runs/fast/report.html')
         """
-        return write_report(self, Path(out) if out else RunDir(self.path).file("report"), data_dir, device, test_limit)
+        return write_report(self, Path(out) if out else self._file("report"), data_dir, device, test_limit)
 
     def export(self, out: str | Path | None = None, format: str = "state-dict") -> Path:
         """Write the trained network out; returns the file's path. `state-dict`: the weights as a plain
@@ -139,7 +148,7 @@ class Run:
         """
         if format not in ("state-dict", "onnx"):
             raise NinError(f"unknown export format {format!r}; choose from state-dict, onnx")
-        path = Path(out) if out else RunDir(self.path).file("weights" if format == "state-dict" else "onnx")
+        path = Path(out) if out else self._file("weights" if format == "state-dict" else "onnx")
         if format == "onnx":
             from nin.export import to_onnx  # the ONNX packages: only when asked for
 

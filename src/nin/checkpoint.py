@@ -135,8 +135,8 @@ def _recognise(weights: dict, path: Path, resize: int | None) -> tuple[Config, S
     if "0.0.weight" in weights and "0.1.running_mean" in weights:  # BatchNorm after the first conv: nin-bn
         candidates.append(dataclasses.replace(load_preset("fast"), width=weights["0.0.weight"].shape[0]))
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
-    first, last = next(iter(weights.values())), list(weights.values())[-1]
-    channels, classes = (first.shape[1], last.shape[0]) if first.dim() == 4 else (1, 10)
+    convs = [v for v in weights.values() if v.dim() == 4]  # the first and the last convolution's weights
+    channels, classes = (convs[0].shape[1], convs[-1].shape[0]) if convs else (1, 10)
     other = (channels, classes) != (1, 10)  # not Fashion-MNIST's shape: class names unknown
     spec = Spec("unknown", tuple(str(i) for i in range(classes)), channels) if other else Spec()
     for config in candidates:

@@ -1,4 +1,4 @@
-"""The `nin` command: summary, train, sweep, evaluate, predict, cam, compare, report, export.
+"""The `nin` command: summary, train, sweep, evaluate, predict, cam, compare, report, export, weights, serve.
 
 A thin layer over the library's API."""
 
@@ -12,7 +12,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from nin.api import DEFAULT_PRESET, configure, load
+from nin.api import DEFAULT_PRESET, Run, configure, load
 from nin.config import DEVICES, FIELDS, PRECISIONS, Config, Recipe, field_types, load_preset, presets
 from nin.errors import NinError
 from nin.run import new_run_path
@@ -60,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
 
     p = commands.add_parser("evaluate", help="test accuracy, per-class accuracy and a confusion matrix PNG")
-    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    _add_model(p)
     _add_resize(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument(
@@ -74,13 +74,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
 
     p = commands.add_parser("predict", help="top-3 classes for PNG/JPEG images")
-    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
+    _add_model(p, "RUN_DIR|CHECKPOINT|MODEL.onnx")
     _add_resize(p)
-    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = commands.add_parser("cam", help="class activation maps of images or test images, as a PNG grid")
-    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    _add_model(p)
     _add_resize(p)
     p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
     p.add_argument("--test-samples", type=int, default=0, metavar="N", help="the first N test images instead")
@@ -119,7 +119,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
 
     p = commands.add_parser("report", help="one self-contained HTML page about a run")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    _add_model(p, "RUN_DIR")
     _add_resize(p)
     p.add_argument("--out", type=Path, help="the HTML file (default: report.html in the run directory)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
@@ -127,11 +127,48 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
 
     p = commands.add_parser("export", help="the trained network as a plain state_dict (the seed's) or ONNX")
-    p.add_argument("checkpoint", type=Path, metavar="RUN_DIR|CHECKPOINT")
+    _add_model(p)
     p.add_argument("--format", default="state-dict", choices=("state-dict", "onnx"), help="default: state-dict")
     p.add_argument("--out", type=Path, help="the file (default: weights.pt or model.onnx in the run directory)")
     _add_resize(p)
+
+    p = commands.add_parser("weights", help="the trained weights that ship with nin, with their model cards")
+    p.add_argument("name", nargs="?", help="one of them (default: all)")
+    p.add_argument("--json", action="store_true", help="print the model cards as JSON")
+
+    p = commands.add_parser("serve", help="a local web page and JSON API: top-3 classes and class maps of images")
+    _add_model(p)
+    _add_resize(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0: any free port (printed)")
     return parser
+
+
+def _add_model(p: argparse.ArgumentParser, metavar: str = "RUN_DIR|CHECKPOINT") -> None:
+    p.add_argument("checkpoint", type=Path, nargs="?", metavar=metavar)
+    p.add_argument("--weights", metavar="NAME", help="weights that ship with nin instead (`nin weights` lists "
+                   "them); outputs then default to the current directory, as NAME-<file>")  # fmt: skip
+
+
+def load_model(args: argparse.Namespace) -> Run:
+    """The run a command works on: RUN_DIR|CHECKPOINT, or the shipped weights of --weights."""
+    if args.weights is None:
+        if args.checkpoint is None:
+            raise NinError("give a run directory or checkpoint, or --weights NAME (`nin weights` lists them)")
+        return load(args.checkpoint, args.resize)
+    if args.checkpoint is not None and not hasattr(args, "images"):  # predict and cam take it as an image
+        raise NinError(f"give either {args.checkpoint} or --weights {args.weights}, not both")
+    if getattr(args, "resize", None) is not None:
+        raise NinError(f"--resize {args.resize}: shipped weights know their input size; --resize is for a bare "
+                       "state_dict")  # fmt: skip
+    from nin.shipped import load_weights
+
+    return load_weights(args.weights)
+
+
+def images_of(args: argparse.Namespace) -> list[Path]:
+    """The IMAGE arguments: with --weights, the first positional argument is an image too."""
+    return [args.checkpoint, *args.images] if args.weights and args.checkpoint else args.images
 
 
 def _add_resize(p: argparse.ArgumentParser) -> None:
@@ -181,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
-                    "compare": compare, "report": report, "sweep": sweep, "export": export}  # fmt: skip
+                    "compare": compare, "report": report, "sweep": sweep, "export": export, "weights": weights,
+                    "serve": serve}  # fmt: skip
         return commands[args.command](args)
     except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
@@ -290,7 +328,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from nin.run import describe
 
     check_test_limit(args.test_limit)  # a bad flag is reported before the checkpoint is read
-    run = load(args.checkpoint, args.resize)
+    run = load_model(args)
     result = run.evaluate(args.data_dir, args.device, args.test_limit, args.tta, args.plot)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -307,14 +345,16 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    if args.checkpoint.suffix == ".onnx":  # an exported model, through onnxruntime
+    images = images_of(args)
+    onnx = not args.weights and args.checkpoint is not None and args.checkpoint.suffix == ".onnx"
+    if onnx:  # an exported model, through onnxruntime
         from nin.evaluate import predict as predict_images
         from nin.export import OnnxModel
 
         model = OnnxModel(args.checkpoint)
-        results = predict_images(model, model.resize, model.spec, args.images)
+        results = predict_images(model, model.resize, model.spec, images)
     else:
-        results = load(args.checkpoint, args.resize).predict(args.images)
+        results = load_model(args).predict(images)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -324,7 +364,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def cam(args: argparse.Namespace) -> int:
-    result = load(args.checkpoint, args.resize).cam(args.images or None, args.test_samples, args.data_dir, args.out)
+    result = load_model(args).cam(images_of(args) or None, args.test_samples, args.data_dir, args.out)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -352,11 +392,39 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    path = load(args.checkpoint, args.resize).export(args.out, args.format)
+    path = load_model(args).export(args.out, args.format)
     print(f"{'ONNX model' if args.format == 'onnx' else 'state_dict'}: {path}")
     return 0
 
 
 def report(args: argparse.Namespace) -> int:
-    print(f"report: {load(args.run_dir, args.resize).report(args.data_dir, args.device, args.test_limit, args.out)}")
+    print(f"report: {load_model(args).report(args.data_dir, args.device, args.test_limit, args.out)}")
+    return 0
+
+
+def weights(args: argparse.Namespace) -> int:
+    from nin.shipped import card, names, render
+
+    cards = [card(name) for name in ([args.name] if args.name else names())]
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    print("\n\n".join(render(c) for c in cards))
+    print("\nuse one with --weights NAME (nin predict, evaluate, cam, report, export, serve) or nin.load_weights(NAME)")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from nin.serve import check_extra, listen, serve_forever
+
+    check_extra()  # before the model loads: the missing extra is the first thing to hear about
+    run = load_model(args)
+    sock = listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    print(f"serving {args.weights or args.checkpoint} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"nin: note: --host {args.host}: anyone who can reach this port can use it (no authentication)",
+              file=sys.stderr)  # fmt: skip
+    serve_forever(run, sock)
     return 0

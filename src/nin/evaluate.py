@@ -6,6 +6,7 @@ import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +18,7 @@ from nin.plots import plot_confusion
 from nin.runtime import Runtime, local
 
 Images = str | Path | Sequence[str | Path] | torch.Tensor  # image files, or uint8 images (N, [C,] H, W)
+MAX_PIXELS = 40_000_000  # a 40-megapixel photo decodes (about 120 MB as RGB); a decompression bomb does not
 
 
 def evaluate_accuracy(net: torch.nn.Module, batches: Batches, rt: Runtime | None = None) -> float:
@@ -85,26 +87,36 @@ def evaluate(net: torch.nn.Module, config: Config, spec: Spec, plot: Path, data_
 FASHION_MNIST = Spec()
 
 
-def load_image(path: Path, spec: Spec = FASHION_MNIST) -> torch.Tensor:
-    """Any PNG/JPEG -> uint8 (C, H, W) in the format of the run's data (`spec`): grayscale or RGB, at its
+def load_image(path: Path | BinaryIO, spec: Spec = FASHION_MNIST) -> torch.Tensor:
+    """Any PNG/JPEG (a file, or a binary file object such as io.BytesIO, named in errors by its `name`
+    attribute) -> uint8 (C, H, W) in the format of the run's data (`spec`): grayscale or RGB, at its
     stored size (28x28 for Fashion-MNIST).
 
     Images of another size are first brought to the stored size (bilinear, antialiased), so that they
     then go through exactly the resize the network was trained with. No inversion: Fashion-MNIST shows
-    a light garment on a black background.
+    a light garment on a black background. Images over MAX_PIXELS are refused from their header, before
+    they are decoded.
     """
+    name = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "the image")
     size = spec.size
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise NinError(f"{name}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
+                               "(a decompression bomb?); use a smaller image")  # fmt: skip
             img = img.convert("L" if spec.channels == 1 else "RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
             pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
             return pixels.reshape(size, size, spec.channels).permute(2, 0, 1).contiguous()
     except FileNotFoundError:
-        raise NinError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
-        raise NinError(f"{path}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
+        raise NinError(f"{name}: no such image file") from None
+    except UnidentifiedImageError:  # its message names the file object, not the file
+        raise NinError(
+            f"{name}: cannot read it as an image (not a format Pillow knows); use a PNG or JPEG file"
+        ) from None
+    except (Image.DecompressionBombError, OSError, ValueError) as e:
+        raise NinError(f"{name}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
 
 
 def load_images(images: Images, spec: Spec = FASHION_MNIST) -> tuple[torch.Tensor, list[str]]:
