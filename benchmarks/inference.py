@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from nin.config import load_preset
+from nin.data import Spec
 from nin.export import OnnxModel, to_onnx
 from nin.model import INITS, build
 from nin.run import cpu_info
@@ -48,7 +49,8 @@ def main() -> None:
             config = load_preset(preset)
             torch.manual_seed(0)
             net = build(config.arch, config.dropout, config.width).apply(INITS[config.init]).eval()
-            engines = {"pytorch": net, "onnxruntime": OnnxModel(to_onnx(net, config, Path(tmp) / f"{preset}.onnx"))}
+            onnx = to_onnx(net, config, Spec(), Path(tmp) / f"{preset}.onnx")
+            engines = {"pytorch": net, "onnxruntime": OnnxModel(onnx)}
             one = torch.rand(1, 1, config.resize, config.resize)
             many = torch.rand(args.batch, 1, config.resize, config.resize)
             latency: dict[str, list[float]] = {e: [] for e in engines}

@@ -93,3 +93,14 @@ def test_inference_benchmark_prints_both_engines_for_both_networks():
                                             ("d2l", "onnxruntime")]  # fmt: skip
     assert all(float(r[2]) > 0 and r[3] == "ms" and float(r[4]) > 0 and float(r[6].replace(",", "")) > 0 for r in rows)
     assert "torchvision is not installed" not in result.stderr  # the exporter's noise is silenced
+
+
+def test_folder_benchmark_writes_the_folders_and_prints_both_loads(tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "folder.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "png"), "--limit", "30"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("wrote 60 PNG files") and "60 images, stored at 28" in lines[1]
+    assert lines[2].startswith("first load (decode every file, write the cache): ") and "MB" in lines[2]
+    assert lines[3].startswith("cached load: ") and len(list((tmp_path / "png" / "test").iterdir())) == 10

@@ -110,3 +110,22 @@ def test_predict_with_an_onnx_model_gives_pytorchs_answer(trained_run, tmp_path,
     (tmp_path / "bad.onnx").write_text("not a model")
     assert main(["predict", str(tmp_path / "bad.onnx"), str(png)]) == 2
     assert "bad.onnx: not an ONNX model written by nin export" in capsys.readouterr().err
+
+
+def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from nin.config import Config
+    from nin.data import Spec
+    from nin.export import OnnxModel, to_onnx
+    from nin.model import nin_bn
+
+    torch.manual_seed(0)
+    net = nin_bn(width=4, in_channels=3, num_classes=100, normalize=True).eval()
+    net[0].mean.copy_(torch.tensor([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1))
+    net[0].std.copy_(torch.tensor([0.2, 0.25, 0.3]).reshape(1, 3, 1, 1))
+    spec = Spec("cifar100", tuple(f"c{i}" for i in range(100)), 3, 32)
+    onnx = OnnxModel(to_onnx(net, Config(arch="nin-bn", width=4, resize=32, normalize=True), spec, tmp_path / "m.onnx"))
+    assert onnx.resize == 32 and onnx.spec == spec
+    x = torch.rand(5, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(onnx(x), net(x), atol=1e-4, rtol=0)

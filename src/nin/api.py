@@ -202,7 +202,8 @@ def train(preset: str | os.PathLike | Config | None = None, out: str | Path | No
     if auto_resume and out is None:
         raise NinError("--auto-resume needs --out: the run directory to continue or start")
     if resume is not None:
-        config, out = _resumed_config(Path(resume), preset, out, force, settings), Path(resume)
+        config, remembered = _resumed_config(Path(resume), preset, out, force, settings)
+        out, data_dir = Path(resume), data_dir or remembered
     else:
         config, name = configure(preset, **settings)
         out = Path(out) if out is not None else new_run_path(name)
@@ -234,8 +235,9 @@ def configure(preset: str | os.PathLike | Config | None = None, **settings: obje
     return config, name
 
 
-def _resumed_config(run_dir: Path, preset: object, out: object, force: bool, settings: dict) -> Config:
-    """The run's own config; only the device may change."""
+def _resumed_config(run_dir: Path, preset: object, out: object, force: bool,
+                    settings: dict) -> tuple[Config, str | None]:  # fmt: skip
+    """The run's own config (only the device may change), and the data folder a folder run remembers."""
     given = [f"--{k.replace('_', '-')}" for k in settings if k != "device"]
     given += [flag for flag, value in (("--preset" if isinstance(preset, str) else "--config", preset),
                                        ("--out", out), ("--force", force)) if value]  # fmt: skip
@@ -244,8 +246,10 @@ def _resumed_config(run_dir: Path, preset: object, out: object, force: bool, set
     if not run_dir.is_dir():
         raise NinError(f"--resume {run_dir}: not a run directory (it should hold a checkpoint.pt)")
     _, checkpoint = RunDir.of(run_dir)
-    config = from_dict(load_checkpoint(checkpoint)["config"], source=str(checkpoint))
-    return from_dict({**config.to_dict(), "device": settings.get("device", config.device)}, source="settings")
+    state = load_checkpoint(checkpoint)
+    config = from_dict(state["config"], source=str(checkpoint))
+    config = from_dict({**config.to_dict(), "device": settings.get("device", config.device)}, source="settings")
+    return config, Spec.from_dict(state.get("data")).data_dir
 
 
 def build_model(name: str = "nin", resize: int = 224) -> nn.Module:

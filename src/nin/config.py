@@ -153,7 +153,7 @@ def presets() -> list[str]:
     """The bundled presets' names (src/nin/presets/*.toml).
 
     >>> nin.presets()
-    ['best', 'd2l', 'fast', 'quick']
+    ['best', 'd2l', 'fast', 'mnist', 'quick']
     """
     return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
