@@ -135,3 +135,7 @@ def test_training_and_every_command_after_it_on_cifar(tmp_path, monkeypatch):
     assert result["examples"] == 64 and result["test_acc"] == run.test_acc and len(result["per_class_acc"]) == 100
     (prediction,) = run.predict(images[:1], top=3)
     assert len(prediction["top"]) == 3 and prediction["top"][0]["class"].startswith("fine")
+    rows = run.cam(test_samples=3, data_dir=tmp_path / "cifar")["images"]  # colour class maps, 4x4 at 32
+    assert [r["true"] for r in rows] == [run.classes[i] for i in load_split("cifar100", "test", tmp_path /
+                                                                             "cifar").labels[:3]]  # fmt: skip
+    assert "cifar100 test images" in run.report(data_dir=tmp_path / "cifar").read_text()

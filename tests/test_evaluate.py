@@ -101,3 +101,27 @@ def test_checkpoints_that_are_not_ours(trained_run, tmp_path):
         load(older)
     with pytest.raises(NinError, match="no such checkpoint"):
         load(tmp_path / "nothing-here")
+
+
+def test_a_checkpoint_from_before_datasets_is_fashion_mnist(trained_run, tmp_path):
+    """Checkpoints written before runs stored their data's spec have no "data" entry: Fashion-MNIST."""
+    from nin.checkpoint import digest
+
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    del state["data"]
+    state["sha256"] = digest(state)
+    torch.save(state, tmp_path / "old.pt")
+    old = load(tmp_path / "old.pt")
+    assert old.spec.dataset == "fashion-mnist" and old.classes == CLASS_NAMES
+    assert old.evaluate(test_limit=100, plot=tmp_path / "c.png")["test_acc"] == load(trained_run).evaluate(
+        test_limit=100, plot=tmp_path / "d.png")["test_acc"]  # fmt: skip
+
+
+def test_a_bare_state_dict_of_colour_data_predicts_but_cannot_be_tested(tmp_path):
+    from nin.model import nin_bn
+
+    torch.save(nin_bn(width=4, in_channels=3, num_classes=5).state_dict(), tmp_path / "w.pt")
+    run = load(tmp_path / "w.pt")
+    assert run.spec.channels == 3 and run.classes == ("0", "1", "2", "3", "4")
+    with pytest.raises(NinError, match="a bare state_dict says nothing of the data it was trained on"):
+        run.evaluate(plot=tmp_path / "c.png")

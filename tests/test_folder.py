@@ -129,3 +129,26 @@ def test_every_command_after_training_on_a_folder(images, tmp_path, capsys):
     assert main(["cam", str(out), "--test-samples", "4"]) == 0 and (out / "cam.png").exists()
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
     assert "Bag" in capsys.readouterr().out
+
+
+def test_a_gray_training_set_with_a_colour_test_image_tests_in_gray(tmp_path):
+    root = tmp_path / "mixed"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8), 100).save(root / split / c / "x.png")
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "test" / "b" / "red.png")
+    train, _, test = nin.data.splits(nin.Config(dataset="folder", image_size=8), root)
+    assert train.images.shape[1] == 1 and test.images.shape == (3, 1, 8, 8)
+    assert test.images[1].unique().tolist() == [76]  # red as Pillow makes it gray: 255 * 0.299
+
+
+def test_data_that_is_not_the_runs_own_is_refused(images, tmp_path):
+    run = nin.train("fast", out=tmp_path / "run", data_dir=images, dataset="folder", image_size=28, epochs=1,
+                    train_limit=64, device="cpu", precision="fp32")  # fmt: skip
+    (images / "train" / "Aardvark").mkdir()
+    Image.new("L", (28, 28)).save(images / "train" / "Aardvark" / "a.png")  # sorts first: every index shifts
+    with pytest.raises(NinError, match="are not the ones the run was trained on"):
+        run.evaluate()
+    with pytest.raises(NinError, match="trained on 1-channel data of 10 classes .* 11 classes"):
+        nin.train(resume=run.path)

@@ -51,7 +51,7 @@ def cam(
     if images is not None:
         (x, names), labels = load_images(images, spec), None
     else:
-        data = test_set(config, data_dir or spec.data_dir)[:test_samples]
+        data = test_set(config, spec, data_dir)[:test_samples]
         x, labels = data.images, data.labels
         names = [f"test image {i}" for i in range(len(x))]
     if len(x) > MAX_IMAGES:

@@ -117,7 +117,7 @@ def train_model(name: str, recipe: Recipe, train_iter: Batches, test_iter: Batch
     summary = layer_summary(net, recipe.resize, channels)
     params = sum(p.numel() for p in net.parameters())
     net = net.to(rt.device, memory_format=torch.channels_last)
-    images, seconds, loss, status = fit(net, train_iter, recipe, rt)
+    images, seconds, loss, status = fit(net, train_iter, recipe, rt, classes)
     start = time.perf_counter()
     acc = evaluate_accuracy(net, test_iter, rt)
     print(f"{name}: test acc {acc:.4f}, loss {loss:.3f}, {seconds:.1f} s ({status})", flush=True)
@@ -136,10 +136,11 @@ def train_model(name: str, recipe: Recipe, train_iter: Batches, test_iter: Batch
     }
 
 
-def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[int, float, float, str]:
+def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime,
+        classes: int = 10) -> tuple[int, float, float, str]:  # fmt: skip
     """`nin train`'s step on `recipe.budget` images (the seeded order, epoch after epoch); returns
     (images trained on, step seconds, mean loss over the last 10% of the images, status: ok, at chance
-    level (loss ln 10), or diverged (the trainer's test: NaN/inf, or above 10 x ln 10))."""
+    level (loss ln(classes)), or diverged (the trainer's test: NaN/inf, or above 10 x ln 10))."""
     optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     net.train()
     state = EpochState.start(rt.device)
@@ -165,7 +166,7 @@ def fit(net: nn.Module, batches: Batches, recipe: Recipe, rt: Runtime) -> tuple[
                 return state.seen, state.seconds, loss.item(), "diverged"
             if done:
                 tail = (state.loss_sum - tail_start[0]).item() / (state.seen - tail_start[1])
-                return state.seen, state.seconds, tail, "at chance level" if at_chance(tail) else "ok"
+                return state.seen, state.seconds, tail, "at chance level" if at_chance(tail, classes) else "ok"
     raise AssertionError("unreachable")
 
 

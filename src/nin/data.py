@@ -16,6 +16,7 @@ of PNG/JPEG files (nin/folder.py).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.client
@@ -72,6 +73,18 @@ class Dataset:
     def __getitem__(self, index: slice | torch.Tensor) -> Dataset:
         return Dataset(self.images[index], self.labels[index], self.classes)
 
+    def with_channels(self, channels: int) -> Dataset:
+        """The images with `channels` channels: gray repeated into RGB, or RGB made gray as Pillow does (ITU-R
+        601-2 luma), so that a split with other images than the training split's still fits the network."""
+        x = self.images
+        if x.shape[1] == channels:
+            return self
+        if channels == 3:
+            return Dataset(x.expand(-1, 3, -1, -1).contiguous(), self.labels, self.classes)
+        luma = torch.tensor([299, 587, 114], dtype=torch.int32).reshape(1, 3, 1, 1)
+        gray = ((x.int() * luma).sum(dim=1, keepdim=True) + 500) // 1000
+        return Dataset(gray.to(torch.uint8), self.labels, self.classes)
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -86,8 +99,18 @@ class Spec:
 
     @staticmethod
     def of(name: str, data: Dataset, data_dir: Path | None = None) -> Spec:
-        path = str(Path(data_dir).resolve()) if name == "folder" and data_dir else None
+        path = str(Path(data_dir).resolve()) if data_dir else None  # remembered: later commands need no --data-dir
         return Spec(name, data.classes, data.images.shape[1], data.images.shape[-1], path)
+
+    def check(self, data: Dataset, source: str) -> Dataset:
+        """`data` in this spec's format, or one error if it is not the data this spec describes (`source`
+        names it): another dataset behind the same folder changes the class names or their order."""
+        if data.classes != self.classes:
+            raise NinError(f"{source}: the data's classes ({', '.join(data.classes[:12])}"
+                           f"{', ...' if len(data.classes) > 12 else ''}) are not the ones the run was trained on "
+                           f"({', '.join(self.classes[:12])}{', ...' if len(self.classes) > 12 else ''}); point "
+                           "--data-dir at the data the run was trained on")  # fmt: skip
+        return data.with_channels(self.channels)
 
     @staticmethod
     def from_dict(values: dict | None) -> Spec:
@@ -132,14 +155,14 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, image_
 
 
 def shape_of(name: str, data_dir: str | Path | None = None) -> tuple[int, int]:
-    """(channels, classes) of a dataset without loading it; for `folder`, its train/ class folders (and 3
-    channels: colour, unless every image is grayscale, which only decoding tells)."""
+    """(channels, classes) of a dataset without loading it; for `folder`, from its train/ class folders and
+    the headers of their images."""
     if name == "folder":
-        from nin.folder import _classes
+        from nin.folder import channels_of, classes_of
 
         if data_dir is None:
             raise NinError("--dataset folder needs --data-dir DIR to count its classes")
-        return 3, len(_classes(Path(data_dir) / "train"))
+        return channels_of(Path(data_dir)), len(classes_of(Path(data_dir)))
     return {"fashion-mnist": (1, 10), "mnist": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100)}[name]
 
 
@@ -279,7 +302,8 @@ def _download_idx(name: str, path: Path) -> None:
         data = _fetch(url, f"{path} is missing and")
     except NinError as e:
         raise NinError(f"{e}. Copy the four {name} .gz files ({', '.join(IDX[name].sha256)}) into {path.parent}, "
-                       "or point --data-dir / NIN_DATA_DIR at a folder that has them.") from None  # fmt: skip
+                       f"or point --data-dir at a folder that has them (NIN_DATA_DIR: at one with a {name}/ "
+                       "folder).") from None  # fmt: skip
     expected = IDX[name].sha256[path.name]
     try:
         digest = _sha256(gzip.decompress(data))
@@ -365,8 +389,8 @@ def extract(name: str, folder: Path) -> Path:
         try:
             data = _fetch(url, f"{name}: {a.file} is not in {folder} and")
         except NinError as e:
-            raise NinError(f"{e}. Download {url} on a machine that can, and put it in {folder} (or point "
-                           "--data-dir / NIN_DATA_DIR at a folder that has it).") from None  # fmt: skip
+            raise NinError(f"{e}. Download {url} on a machine that can, and put it in {folder} (or point --data-dir "
+                           f"at a folder that has it; NIN_DATA_DIR: one with a {name}/ folder).") from None  # fmt: skip
         _check_archive(name, data, url, "nothing was saved; try again later or download it by hand")
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(archive, data)
@@ -388,7 +412,11 @@ def extract(name: str, folder: Path) -> Path:
                     shutil.copyfileobj(source, target)
                 if file.endswith(".bin"):
                     _records(name, (tmp / file).read_bytes(), archive / member.name)
-        os.replace(tmp, folder / a.folder)
+        try:
+            os.replace(tmp, folder / a.folder)
+        except OSError:  # another process (a torchrun rank) extracted it first: theirs is as good
+            if not (folder / a.folder).is_dir():
+                raise
     except (tarfile.TarError, EOFError, zlib.error, KeyError) as e:
         raise NinError(f"{archive}: not a complete {name} binary archive ({type(e).__name__}: {e}); delete it and "
                        f"download {url} again. Nothing was extracted.") from None  # fmt: skip
@@ -429,8 +457,9 @@ def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Dataset,
     if test is None:
         if val is None:
             raise NinError(f"{data_dir}: no test/ folder; add one, or hold out training images to test on "
-                           "with --val-split N")  # fmt: skip
+                           "with --val-split N (nin train, nin sweep)")  # fmt: skip
         test, val = val, None
+    test = test.with_channels(train.images.shape[1])  # a gray training set and a colour test image, or so
     if config.train_limit:
         train = train[: config.train_limit]
     if config.test_limit:
@@ -438,11 +467,20 @@ def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Dataset,
     return train, val, test
 
 
-def test_set(config: Config, data_dir: str | Path | None = None) -> Dataset:
-    """The test images of a run with `config`, as training tested on them (see `splits`)."""
+def test_set(config: Config, spec: Spec, data_dir: str | Path | None = None) -> Dataset:
+    """The test images of a run with `config` trained on `spec`'s data, as training tested on them (see
+    `splits`); from `data_dir`, else the folder the run remembers, else the dataset's default."""
+    data_dir = data_dir or spec.data_dir
+    source = str(data_dir or f"the {config.dataset} data")
+    if spec.dataset not in DATASETS:
+        raise NinError(f"a bare state_dict says nothing of the data it was trained on (here: {spec.channels} "
+                       f"channel(s), {len(spec.classes)} classes), so it cannot be tested; this needs a run "
+                       "directory or checkpoint written by nin train")  # fmt: skip
     if config.dataset != "folder" or (Path(data_dir or "") / "test").is_dir():
-        return load_split(config.dataset, "test", data_dir, config.image_size, config.skip_bad_images)  # type: ignore[return-value]
-    return splits(config, data_dir)[2]
+        test = load_split(config.dataset, "test", data_dir, config.image_size, config.skip_bad_images)
+    else:
+        test = splits(dataclasses.replace(config, train_limit=0, test_limit=0), data_dir)[2]
+    return spec.check(test, source)  # type: ignore[arg-type]
 
 
 def mean_std(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

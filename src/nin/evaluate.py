@@ -63,7 +63,7 @@ def evaluate(net: torch.nn.Module, config: Config, spec: Spec, plot: Path, data_
     check_test_limit(test_limit)
     rt = local(device, config.precision)
     net = copy.deepcopy(net).to(rt.device, memory_format=torch.channels_last)
-    data = test_set(config, data_dir or spec.data_dir)
+    data = test_set(config, spec, data_dir)
     if test_limit:
         data = data[:test_limit]
     batches = Batches(data.images, data.labels, config.batch_size, config.resize, rt.device)

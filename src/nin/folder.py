@@ -33,10 +33,7 @@ CACHE_FORMAT = "nin-folder-v1"
 def load_folder(root: Path, split: str, size: int, skip_bad: bool = False) -> Dataset | None:
     """The `split` ('train' or 'test') of the image folder `root`, from the cache when no file changed;
     None for a missing test/ folder. An unreadable image is an error, or with `skip_bad` skipped and counted."""
-    if not (root / "train").is_dir():
-        raise NinError(f"{root}: no train/ folder; a folder dataset is {root}/train/<class>/*.png "
-                       "(and optionally test/<class>/...), one folder per class")  # fmt: skip
-    classes = _classes(root / "train")
+    classes = classes_of(root)
     if not (root / split).is_dir():
         return None
     found = _classes(root / split)
@@ -66,6 +63,24 @@ def load_folder(root: Path, split: str, size: int, skip_bad: bool = False) -> Da
     labels = torch.tensor([label for _, label in kept])
     atomic_torch_save({"images": images, "labels": labels, "classes": list(classes)}, cache)
     return Dataset(images, labels, classes)
+
+
+def classes_of(root: Path) -> tuple[str, ...]:
+    """The class names of the image folder `root`: its train/ subfolders, sorted."""
+    if not (root / "train").is_dir():
+        raise NinError(f"{root}: no train/ folder; a folder dataset is {root}/train/<class>/*.png "
+                       "(and optionally test/<class>/...), one folder per class")  # fmt: skip
+    return _classes(root / "train")
+
+
+def channels_of(root: Path) -> int:
+    """1 if every training image of `root` is grayscale, else 3: read from the files' headers, nothing decoded."""
+    for c in classes_of(root):
+        for f in _images(root / "train" / c):
+            with Image.open(f) as img:
+                if img.mode not in GRAYSCALE:
+                    return 3
+    return 1
 
 
 def _classes(folder: Path) -> tuple[str, ...]:

@@ -59,9 +59,9 @@ def blown(loss: torch.Tensor) -> torch.Tensor:
     return ~torch.isfinite(loss) | (loss > EXPLODED)
 
 
-def at_chance(loss: float) -> bool:
-    """A mean cross-entropy within 0.02 of ln(10): the network still guesses uniformly."""
-    return abs(loss - CHANCE_LOSS) < 0.02
+def at_chance(loss: float, classes: int = 10) -> bool:
+    """A mean cross-entropy within 0.02 of ln(classes): the network still guesses uniformly."""
+    return abs(loss - math.log(classes)) < 0.02
 
 
 def diverged(loss: float, where: str, kept: str, lr: float, onecycle: bool) -> Diverged:
@@ -72,20 +72,22 @@ def diverged(loss: float, where: str, kept: str, lr: float, onecycle: bool) -> D
     )
 
 
-def chance_plateau(train_loss: float, train_acc: float, test_acc: float) -> str | None:
-    """What to say after an epoch whose mean training loss stayed at ln(10), chance level (None if it
+def chance_plateau(train_loss: float, train_acc: float, test_acc: float, classes: int = 10) -> str | None:
+    """What to say after an epoch whose mean training loss stayed at ln(classes), chance level (None if it
     did not): stuck if the test accuracy is at chance too; starting to learn if the test accuracy is
     already above it (the seed's NiN can take epochs to leave the plateau; stopping it then is wrong)."""
-    if not at_chance(train_loss) or train_acc >= 0.15:
+    chance, above = 1 / classes, 1.5 / classes  # 10 classes: 0.15 is 16 standard deviations above 0.1 (10,000 images)
+    if not at_chance(train_loss, classes) or train_acc >= above:
         return None
-    if test_acc >= 0.15:  # chance is 0.1; 0.15 is 16 standard deviations above it on the 10,000 test images
+    if test_acc >= above:
         return (
-            f"note: the training loss is still near ln(10) = {CHANCE_LOSS:.3f}, chance level, but test accuracy "
-            f"{test_acc:.3f} is above chance (0.1): the network has started to learn. d2l's NiN can take "
-            "epochs to leave this plateau; let it run."
+            f"note: the training loss is still near ln({classes}) = {math.log(classes):.3f}, chance level, but "
+            f"test accuracy {test_acc:.3f} is above chance ({chance:.3g}): the network has started to learn. "
+            "d2l's NiN can take epochs to leave this plateau; let it run."
         )
     return (
-        f"warning: the training loss stayed at ln(10) = {CHANCE_LOSS:.3f}, chance level, for the whole epoch, "
+        f"warning: the training loss stayed at ln({classes}) = {math.log(classes):.3f}, chance level, for the "
+        "whole epoch, "
         "and test accuracy is at chance too (d2l's known NiN failure: its ReLUs died, or it has not started "
         "learning yet). If the next epoch is the same, stop and retry with another --seed, a lower --lr or "
         "--init kaiming (the fast preset, with BatchNorm, has not shown it)."

@@ -104,7 +104,7 @@ def _cam_section(run: Run, data_dir: Path | None, per_kind: int) -> str:
         check_maps(net, run.checkpoint, size)
     except NinError as e:
         return f"<p class=note>Not drawn: {_e(str(e))}.</p>"
-    data = test_set(run.config, data_dir or run.spec.data_dir)[:CAM_POOL]
+    data = test_set(run.config, run.spec, data_dir)[:CAM_POOL]
     images, labels = data.images, data.labels
     with torch.inference_mode():
         predicted = torch.cat([net(resize(chunk, size)).argmax(dim=1) for chunk in images.split(250)])

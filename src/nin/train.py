@@ -89,7 +89,8 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
     optimizer = torch.optim.SGD(
         net.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    position = _restore(run, net, optimizer, rt) if resume else {"epoch": 0, "step": 0, "sums": None, "metrics": []}
+    start_of_run = {"epoch": 0, "step": 0, "sums": None, "metrics": []}
+    position = _restore(run, net, optimizer, rt, spec) if resume else start_of_run
     # DDP averages gradients over ranks; rank 0's initial weights are broadcast to all
     model = DistributedDataParallel(net) if rt.world_size > 1 else net
     train_iter, val_iter, test_iter = _batches(config, (train_set, val_set, test_set), rt)
@@ -138,7 +139,7 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
                 + (f"val acc {m['val_acc']:.3f}, " if val else "")
                 + f"test acc {test_acc:.3f}, {m['examples_per_sec']:.1f} examples/sec, "
                 f"{m['epoch_seconds']:.1f} s")  # fmt: skip
-            if plateau := chance_plateau(m["train_loss"], m["train_acc"], test_acc):
+            if plateau := chance_plateau(m["train_loss"], m["train_acc"], test_acc, len(spec.classes)):
                 log(plateau, file=sys.stderr)
             _checkpoint(loop, epoch + 1, 0, [0.0, 0, 0, 0.0])
             if rt.is_main:  # after the checkpoint: metrics never run ahead of what a resume restores
@@ -246,10 +247,16 @@ def _checkpoint(loop: _Loop, epoch: int, step: int, sums: list) -> None:
                         loop.history, rng, cuda_rng)  # fmt: skip
 
 
-def _restore(run: RunDir, net: NiN, optimizer: torch.optim.Optimizer, rt: Runtime) -> dict:
-    """Load the run's checkpoint into `net` and `optimizer` and this rank's RNG; returns its position."""
+def _restore(run: RunDir, net: NiN, optimizer: torch.optim.Optimizer, rt: Runtime, spec: Spec) -> dict:
+    """Load the run's checkpoint into `net` and `optimizer` and this rank's RNG; returns its position.
+    The data (`spec`) must be what the run trained on: the same classes, in the same order, and channels."""
     path = run.file("checkpoint")
     state = load_checkpoint(path)
+    theirs = Spec.from_dict(state.get("data"))
+    if (theirs.classes, theirs.channels) != (spec.classes, spec.channels):
+        raise NinError(f"{path}: trained on {theirs.channels}-channel data of {len(theirs.classes)} classes "
+                       f"({', '.join(theirs.classes[:10])}...), and the data now has {spec.channels} channel(s) and "
+                       f"{len(spec.classes)} classes; continue it on its own data (--data-dir)")  # fmt: skip
     position = state["position"]
     if position["world_size"] != rt.world_size:  # each rank's dropout masks and RNG are its own
         launch = (f"torchrun --nproc_per_node={position['world_size']} -m nin train" if position["world_size"] > 1
