@@ -66,7 +66,7 @@ def main() -> None:
         n = write_folders(args.root, args.limit)
         print(f"wrote {n:,} PNG files into {args.root} in {time.perf_counter() - start:.1f} s")
     files = sum(1 for _ in args.root.rglob("*.png"))
-    print(f"{cpu_info()['model']}, {os.cpu_count()} CPUs; {files:,} images, stored at {args.image_size}")
+    print(f"{cpu_info()['cpu']}, {os.cpu_count()} CPUs; {files:,} images, stored at {args.image_size}")
     with tempfile.TemporaryDirectory() as cache:
         seconds, peak = measure(args.root, args.image_size, Path(cache))
         print(f"first load (decode every file, write the cache): {seconds:.1f} s, peak memory {peak:.0f} MB")
