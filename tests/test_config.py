@@ -27,7 +27,7 @@ def test_every_preset_round_trips_through_a_run_config():
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(NinError, match="unknown preset 'fats'; choose from best, d2l, fast, quick"):
+    with pytest.raises(NinError, match="unknown preset 'fats'; choose from best, d2l, fast, mnist, quick"):
         load_preset("fats")
 
 

@@ -67,7 +67,8 @@ def test_the_notebook_runs_whole_on_the_test_budget(tmp_path, monkeypatch, venv_
     assert "".join(o.text for o in walk) == SEED_SHAPE_WALK
     code = [c for c in nb.cells if c.cell_type == "code"]
     trains_seed = next(c for c in code if 'nin.train("d2l"' in c.source)
-    assert any("test images at 224x224, fp32" in o.get("text", "") for o in trains_seed.outputs)  # the seed's
+    seeds_line = "test images of fashion-mnist at 224x224, fp32"  # the seed's data, size and precision
+    assert any(seeds_line in o.get("text", "") for o in trains_seed.outputs)
     trains_fast = next(c for c in code if 'nin.train("fast"' in c.source)
     kinds = [key for o in trains_fast.outputs for key in o.get("data", {})]
     assert "image/png" in kinds  # the curves, drawn in the cell
