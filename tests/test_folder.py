@@ -152,3 +152,10 @@ def test_data_that_is_not_the_runs_own_is_refused(images, tmp_path):
         run.evaluate()
     with pytest.raises(NinError, match="trained on 1-channel data of 10 classes .* 11 classes"):
         nin.train(resume=run.path)
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("I;16", (4, 4), 32768).save(tmp_path / "train" / "a" / "half.png")
+    data = load_split("folder", "train", tmp_path, image_size=4)
+    assert data.images.shape == (1, 1, 4, 4) and data.images.unique().tolist() == [128]

@@ -87,6 +87,9 @@ def evaluate(net: torch.nn.Module, config: Config, spec: Spec, plot: Path, data_
 FASHION_MNIST = Spec()
 
 
+GRAYSCALE = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # Pillow's modes without colour
+
+
 def load_image(path: Path | BinaryIO, spec: Spec = FASHION_MNIST) -> torch.Tensor:
     """Any PNG/JPEG (a file, or a binary file object such as io.BytesIO, named in errors by its `name`
     attribute) -> uint8 (C, H, W) in the format of the run's data (`spec`): grayscale or RGB, at its
@@ -97,25 +100,34 @@ def load_image(path: Path | BinaryIO, spec: Spec = FASHION_MNIST) -> torch.Tenso
     a light garment on a black background. Images over MAX_PIXELS are refused from their header, before
     they are decoded.
     """
+    return decode(path, spec.channels, spec.size)
+
+
+def decode(path: Path | BinaryIO, channels: int | None, size: int) -> torch.Tensor:
+    """One image file as uint8 (C, size, size): `channels` 1 (gray) or 3 (RGB), or None for the image's own
+    (1 for a grayscale image, else 3). 16-bit grayscale is scaled to 8 bits, not clipped. One `NinError`
+    that names the file for anything unreadable (see `load_image`)."""
     name = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", "the image")
-    size = spec.size
     try:
         with Image.open(path) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise NinError(f"{name}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
                                "(a decompression bomb?); use a smaller image")  # fmt: skip
-            img = img.convert("L" if spec.channels == 1 else "RGB")
+            channels = channels or (1 if img.mode in GRAYSCALE else 3)
+            if img.mode.startswith("I;16"):
+                img = img.point(lambda v: v / 256, "L")  # Pillow's own convert("L") would clip at 255
+            img = img.convert("L" if channels == 1 else "RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
             pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-            return pixels.reshape(size, size, spec.channels).permute(2, 0, 1).contiguous()
+            return pixels.reshape(size, size, channels).permute(2, 0, 1).contiguous()
     except FileNotFoundError:
         raise NinError(f"{name}: no such image file") from None
     except UnidentifiedImageError:  # its message names the file object, not the file
         raise NinError(
             f"{name}: cannot read it as an image (not a format Pillow knows); use a PNG or JPEG file"
         ) from None
-    except (Image.DecompressionBombError, OSError, ValueError) as e:
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:  # SyntaxError: a broken PNG
         raise NinError(f"{name}: cannot read it as an image ({e}); use a PNG or JPEG file") from None
 
 

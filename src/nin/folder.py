@@ -19,14 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from nin.data import Dataset, _cache_dir
 from nin.errors import NinError
+from nin.evaluate import GRAYSCALE, decode
 from nin.io import atomic_torch_save
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
-GRAYSCALE = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 CACHE_FORMAT = "nin-folder-v1"
 
 
@@ -61,7 +61,10 @@ def load_folder(root: Path, split: str, size: int, skip_bad: bool = False) -> Da
     channels = max(img.shape[0] for img, _ in kept)  # a mix of grayscale and colour: all RGB
     images = torch.stack([img.expand(channels, -1, -1) for img, _ in kept])
     labels = torch.tensor([label for _, label in kept])
-    atomic_torch_save({"images": images, "labels": labels, "classes": list(classes)}, cache)
+    try:
+        atomic_torch_save({"images": images, "labels": labels, "classes": list(classes)}, cache)
+    except OSError as e:  # an unwritable cache only costs decoding again next time
+        print(f"note: could not cache the decoded images in {cache.parent} ({e.strerror})")
     return Dataset(images, labels, classes)
 
 
@@ -99,17 +102,10 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _decode(path: Path, size: int, skip_bad: bool) -> torch.Tensor | None:
-    """One image as uint8 (C, size, size): C = 1 for grayscale, 3 for colour."""
+    """One image as uint8 (C, size, size): C = 1 for grayscale, 3 for colour (None: skipped)."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if img.mode in GRAYSCALE else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            channels = len(img.getbands())
-            pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-            return pixels.reshape(size, size, channels).permute(2, 0, 1).contiguous()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        return decode(path, None, size)
+    except NinError as e:
         if skip_bad:
             return None
-        raise NinError(f"{path}: cannot read it as an image ({e}); fix or remove it, or pass --skip-bad-images "
-                       "to skip unreadable images") from None  # fmt: skip
+        raise NinError(f"{e}; or fix or remove it, or pass --skip-bad-images to skip unreadable images") from None
