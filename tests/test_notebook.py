@@ -74,3 +74,7 @@ def test_the_notebook_runs_whole_on_the_test_budget(tmp_path, monkeypatch, venv_
     assert "image/png" in kinds  # the curves, drawn in the cell
     assert "application/vnd.jupyter.widget-view+json" in kinds  # the notebook progress bar
     assert (tmp_path / "work" / "runs" / "notebook-fast" / "report.html").is_file()
+    digits = next(c for c in code if 'nin.data.load("mnist")' in c.source)  # other data: one call, then train
+    text = "".join(o.get("text", "") for o in digits.outputs)
+    assert "torch.Size([60000, 1, 28, 28]) torch.uint8 classes: 0 1 2 3 4 5 6 7 8 9" in text
+    assert "of mnist at 28x28" in text
