@@ -159,3 +159,13 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
     Image.new("I;16", (4, 4), 32768).save(tmp_path / "train" / "a" / "half.png")
     data = load_split("folder", "train", tmp_path, image_size=4)
     assert data.images.shape == (1, 1, 4, 4) and data.images.unique().tolist() == [128]
+
+
+def test_a_class_without_test_images_gets_no_accuracy(images, tmp_path):
+    for f in (images / "test" / "Bag").iterdir():
+        f.unlink()
+    (images / "test" / "Bag").rmdir()
+    run = nin.train("fast", out=tmp_path / "run", data_dir=images, dataset="folder", image_size=28, epochs=1,
+                    device="cpu", precision="fp32")  # fmt: skip
+    per_class = run.evaluate()["per_class_acc"]
+    assert "Bag" not in per_class and len(per_class) == 9 and len(run.classes) == 10

@@ -69,14 +69,16 @@ def evaluate(net: torch.nn.Module, config: Config, spec: Spec, plot: Path, data_
     batches = Batches(data.images, data.labels, config.batch_size, config.resize, rt.device)
     with rt.autocast():
         matrix = confusion_matrix(net, batches, len(spec.classes), tta)
-    per_class = matrix.diag() / matrix.sum(dim=1).clamp(min=1)
+    counts = matrix.sum(dim=1)
+    per_class = matrix.diag() / counts.clamp(min=1)
     result = {
         "dataset": spec.dataset,
         "examples": len(data),
         "tta": tta,
         "precision": rt.precision,
         "test_acc": matrix.diag().sum().item() / len(data),
-        "per_class_acc": dict(zip(spec.classes, per_class.tolist())),
+        # a class without test images (a folder's test/ may lack some) has no accuracy to report
+        "per_class_acc": {c: a for c, a, n in zip(spec.classes, per_class.tolist(), counts.tolist()) if n},
         "confusion_matrix": matrix.tolist(),
         "confusion_png": str(plot),
     }
