@@ -216,3 +216,21 @@ def test_module_and_console_script_agree():
             [os.path.join(os.path.dirname(sys.executable), "nin"), "summary"], capture_output=True, text=True
         ).stdout
     )
+
+
+def test_mnist_with_every_command_after_it(tmp_path, capsys):
+    from nin.data import load_split
+
+    out = tmp_path / "mnist"
+    assert main(["train", "--preset", "mnist", "--epochs", "1", "--train-limit", "1024", "--test-limit", "200",
+                 "--out", str(out), "--device", "cpu", "--precision", "fp32"]) == 0  # fmt: skip
+    assert "test images of mnist at 28x28" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--test-limit", "200", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["dataset"] == "mnist" and list(result["per_class_acc"]) == list("0123456789")
+    seven = tmp_path / "seven.png"
+    Image.fromarray(load_split("mnist", "test").images[0, 0].numpy()).save(seven)  # the first test digit: a 7
+    assert main(["predict", str(out), str(seven), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] in "0123456789"
+    assert main(["cam", str(out), "--test-samples", "2"]) == 0 and "(true: 7 " in capsys.readouterr().out
+    assert main(["report", str(out), "--test-limit", "200"]) == 0 and (out / "report.html").is_file()
