@@ -6,7 +6,7 @@ is internal and may change.
 >>> import nin
 >>> run = nin.train("fast", out="runs/fast")
 >>> run.test_acc
-0.9213
+0.921
 >>> nin.load_weights("fast").predict(["shirt.png"])  # weights that ship with nin: no training
 """
 

@@ -41,7 +41,7 @@ class Run:
 
     >>> run = nin.load("runs/fast")
     >>> run.test_acc, run.config.epochs, len(run.metrics)
-    (0.9213, 4, 4)
+    (0.921, 4, 4)
     """
 
     path: Path
@@ -73,7 +73,7 @@ class Run:
         """The last epoch's test accuracy (None if the checkpoint was taken before the first epoch ended).
 
         >>> nin.load("runs/fast").test_acc
-        0.9213
+        0.921
         """
         return self.metrics[-1]["test_acc"] if self.metrics else None
 

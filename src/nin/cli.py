@@ -209,7 +209,7 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="the dataset's folder: the four IDX .gz files (Fashion-MNIST, MNIST), the CIFAR archive (downloaded "
         "there if missing), or the image folder of --dataset folder (default $NIN_DATA_DIR/<dataset>, else the "
-        "bundled copy, else ~/.cache/nin/<dataset>; a folder run remembers its own)",
+        "bundled copy, else ~/.cache/nin/<dataset>; a run trained with --data-dir remembers it)",
     )
 
 
