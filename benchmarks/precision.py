@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 
@@ -23,21 +22,14 @@ from nin.config import load_preset
 from nin.model import INITS, NiN
 from nin.run import cpu_info
 from nin.runtime import Runtime, local
-from nin.step import EpochState, train_step
+from nin.step import median_images_per_sec
 
 
 def images_per_sec(net: NiN, x: torch.Tensor, y: torch.Tensor, steps: int, rt: Runtime) -> float:
     """Median images/s of `steps` training steps (after 2 warm-up steps) of a copy of `net`."""
     net = copy.deepcopy(net).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-    state = EpochState.start(rt.device)
-    times = []
-    for i in range(2 + steps):
-        t = time.perf_counter()
-        train_step(net, optimizer, x, y, rt, state)
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    return len(y) / statistics.median(times)
+    return median_images_per_sec(net, optimizer, x, y, rt, steps, warmup=2)
 
 
 def spread(values: list[float], fmt: str) -> str:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from nin.config import PRECISIONS
 from nin.model import NiN, init_kaiming, layer_summary
 from nin.runtime import Runtime, local
-from nin.step import EpochState, train_step
+from nin.step import median_images_per_sec
 
 
 def variant(width: int, batch_norm: bool) -> NiN:
@@ -36,14 +35,7 @@ def images_per_sec(net: NiN, channels_last: bool, batch: int, steps: int, rt: Ru
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     x = torch.rand(batch, 1, 28, 28).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
-    state = EpochState.start(rt.device)
-    times = []
-    for i in range(3 + steps):
-        t = time.perf_counter()
-        train_step(net, optimizer, x, y, rt, state)
-        if i >= 3:
-            times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+    return median_images_per_sec(net, optimizer, x, y, rt, steps, warmup=3)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ and the benchmarks all run."""
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
@@ -68,3 +70,16 @@ def train_step(
         state.correct += (y_hat.argmax(dim=1) == y).sum()
     state.seen += len(y)
     return loss.detach()
+
+
+def median_images_per_sec(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                          rt: Runtime, steps: int, warmup: int) -> float:  # fmt: skip
+    """Images/s of the median of `steps` timed `train_step`s on one batch, after `warmup` untimed ones
+    (the benchmarks' measure: the median shrugs off a busy moment on a shared machine)."""
+    state, times = EpochState.start(rt.device), []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        train_step(model, optimizer, x, y, rt, state)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return len(y) / statistics.median(times)
