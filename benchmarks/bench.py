@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 
 from nin.config import Config, load_preset
-from nin.data import load_fashion_mnist
-from nin.model import NiN, init_weights, layer_summary
-from nin.train import train
+from nin.data.registry import load_fashion_mnist
+from nin.models.nin import NiN, init_weights, layer_summary
+from nin.training.loop import train
 
 
 class PILResize(torch.utils.data.Dataset):

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from nin.guards import blown
-from nin.model import init_kaiming, nin_bn
-from nin.runtime import local, sync
-from nin.step import EpochState, train_step
+from nin.models.nin import init_kaiming, nin_bn
+from nin.training.guards import blown
+from nin.training.runtime import local, sync
+from nin.training.step import EpochState, train_step
 
 
 def main() -> None:

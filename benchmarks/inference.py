@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from nin.config import load_preset
-from nin.data import Spec
-from nin.export import OnnxModel, to_onnx
-from nin.model import INITS, build
-from nin.run import cpu_info
+from nin.data.types import Spec
+from nin.inference.export import OnnxModel, to_onnx
+from nin.models.nin import INITS
+from nin.models.registry import build
+from nin.training.provenance import cpu_info
 
 
 def timed(fn, x: torch.Tensor) -> float:

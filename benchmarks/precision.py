@@ -19,10 +19,10 @@ import statistics
 import torch
 
 from nin.config import load_preset
-from nin.model import INITS, NiN
-from nin.run import cpu_info
-from nin.runtime import Runtime, local
-from nin.step import median_images_per_sec
+from nin.models.nin import INITS, NiN
+from nin.training.provenance import cpu_info
+from nin.training.runtime import Runtime, local
+from nin.training.step import median_images_per_sec
 
 
 def images_per_sec(net: NiN, x: torch.Tensor, y: torch.Tensor, steps: int, rt: Runtime) -> float:

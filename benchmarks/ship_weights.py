@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 
 import nin
-from nin.api import Run
-from nin.checkpoint import model_from_state
-from nin.data import resize
+from nin.api import Run, load_weights
+from nin.data.batches import resize
 from nin.errors import NinError
+from nin.inference.shipped import WEIGHTS_DIR
 from nin.io import atomic_write_bytes, atomic_write_text
-from nin.model import layer_summary
-from nin.run import _git_commit
-from nin.shipped import WEIGHTS_DIR, load_weights
+from nin.models.nin import layer_summary
+from nin.training.checkpoint import model_from_state
+from nin.training.provenance import _git_commit
 
 
 def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) -> dict:

@@ -19,9 +19,9 @@ import statistics
 import torch
 
 from nin.config import PRECISIONS
-from nin.model import NiN, init_kaiming, layer_summary
-from nin.runtime import Runtime, local
-from nin.step import median_images_per_sec
+from nin.models.nin import NiN, init_kaiming, layer_summary
+from nin.training.runtime import Runtime, local
+from nin.training.step import median_images_per_sec
 
 
 def variant(width: int, batch_norm: bool) -> NiN:

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from helpers import SHORT
-from nin.data import BUNDLED, IDX
+from nin.data.idx import IDX
+from nin.data.registry import BUNDLED
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +29,7 @@ def data_copy(tmp_path) -> Path:
 def _train_once(tmp_path_factory, name: str, **settings) -> Path:
     """Train a session-wide run with the same isolation as `_private_cache`."""
     from nin.config import Config
-    from nin.train import train
+    from nin.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / name
     with pytest.MonkeyPatch.context() as mp:

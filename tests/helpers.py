@@ -60,9 +60,9 @@ def check_page(path) -> Checker:
 def stopped_after_epoch_1(monkeypatch, run_training) -> None:
     """Call `run_training()` with a SIGTERM arriving in epoch 1's evaluation: the run stops after epoch
     1's checkpoint, as a scheduler's SIGTERM stops it."""
-    from nin.guards import Stopped
+    from nin.training.guards import Stopped
 
-    train_module = importlib.import_module("nin.train")  # the module: `nin.train` is the API's function
+    train_module = importlib.import_module("nin.training.loop")
 
     real = train_module.evaluate_accuracy
 

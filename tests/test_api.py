@@ -1,7 +1,6 @@
 """The public API (`nin.__all__`): documented with an example each, and the one path the CLI takes."""
 
 import doctest
-import importlib
 import inspect
 import re
 import shutil
@@ -153,15 +152,3 @@ def test_a_run_from_python_and_the_same_run_from_the_cli_end_with_identical_weig
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
     assert nin.load(cli_run).config == python.config
-
-
-@pytest.mark.slow  # a fresh process
-def test_nin_train_stays_the_function_whatever_is_imported():
-    """The training loop's module is also nin.train; importing every module must not rebind `nin.train`."""
-    code = ("import importlib, pkgutil, nin\n"
-            "for m in pkgutil.iter_modules(nin.__path__):\n"
-            "    if m.name != '__main__': importlib.import_module('nin.' + m.name)\n"
-            "assert nin.train is nin.api.train and callable(nin.train), nin.train\n")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert importlib.import_module("nin.train").train is not nin.train  # the loop, reached as a module

@@ -12,7 +12,7 @@ from PIL import Image
 
 from nin.cli import config_of, get_args_parser, main
 from nin.config import Config
-from nin.data import load_fashion_mnist
+from nin.data.registry import load_fashion_mnist
 
 
 def nin(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -48,7 +48,8 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib" or m in ("nin.compare", "nin.classic")))
+print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib" or m in ("nin.training.compare",
+                                                                                      "nin.models.classic")))
 """
 
 
@@ -203,7 +204,7 @@ def test_evaluate_and_predict(trained_run, tmp_path):
 @pytest.mark.slow  # a real process
 def test_bad_image_and_foreign_checkpoint_in_a_real_process(trained_run, tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
-    assert_clean_error(nin("predict", str(trained_run), str(tmp_path / "notes.png")), "cannot read it as an image")
+    assert_clean_error(nin("predict", str(trained_run), str(tmp_path / "notes.png")), "not a supported image format")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     assert_clean_error(nin("evaluate", str(tmp_path / "other.pt")), "not a nin checkpoint")
 
@@ -219,7 +220,7 @@ def test_module_and_console_script_agree():
 
 
 def test_mnist_with_every_command_after_it(tmp_path, capsys):
-    from nin.data import load_split
+    from nin.data.registry import load_split
 
     out = tmp_path / "mnist"
     assert main(["train", "--preset", "mnist", "--epochs", "1", "--train-limit", "1024", "--test-limit", "200",

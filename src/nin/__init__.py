@@ -10,17 +10,14 @@ is internal and may change.
 >>> nin.load_weights("fast").predict(["shirt.png"])  # weights that ship with nin: no training
 """
 
-# `nin.train` is the API's function, and the training loop's module has the same name, nin/train.py.
-# Python sets a package's attribute to a submodule when the submodule is first imported: nin.api imports
-# that module, and the import below then binds `nin.train` to the function, for good. Reach the module
-# with `from nin.train import ...` or importlib.import_module("nin.train").
 from nin import data
-from nin.api import Run, build_model, load, train
+from nin.api import Run, build_model, load, load_weights, train
 from nin.config import Config, load_preset, presets
-from nin.data import CLASS_NAMES, load_fashion_mnist
+from nin.data.registry import load_fashion_mnist
+from nin.data.types import CLASS_NAMES
 from nin.errors import NinError
-from nin.model import NiN, init_weights, layer_summary, nin_block, nin_bn, nin_paper
-from nin.shipped import load_weights
+from nin.models.nin import NiN, init_weights, layer_summary, nin_block, nin_bn, nin_paper
+from nin.version import __version__ as __version__
 
 __all__ = [
     "CLASS_NAMES",
@@ -42,4 +39,3 @@ __all__ = [
     "presets",
     "train",
 ]
-__version__ = "0.1.0"

@@ -13,20 +13,22 @@ from pathlib import Path
 
 from torch import nn
 
-from nin.cam import cam as draw_class_maps
-from nin.checkpoint import load_checkpoint, load_weights, model_from_state
 from nin.config import Config, from_dict, load_config, load_preset
-from nin.data import Spec
+from nin.data.images import Images
+from nin.data.types import Spec
 from nin.errors import NinError
-from nin.evaluate import Images
-from nin.evaluate import evaluate as evaluate_model
-from nin.evaluate import predict as predict_images
+from nin.inference.cam import cam as draw_class_maps
+from nin.inference.evaluate import evaluate as evaluate_model
+from nin.inference.evaluate import predict as predict_images
+from nin.inference.shipped import read as read_shipped
 from nin.io import atomic_torch_save
-from nin.model import NiN, layer_summary
-from nin.report import report as write_report
-from nin.run import FILES, RunDir, new_run_path
-from nin.runtime import is_main_process
-from nin.train import train as train_loop
+from nin.models.nin import NiN, layer_summary
+from nin.models.registry import MODELS, smallest_input
+from nin.report.page import report as write_report
+from nin.training.checkpoint import load_checkpoint, model_from_state, read_model_state
+from nin.training.loop import train as train_loop
+from nin.training.rundir import FILES, RunDir, new_run_path
+from nin.training.runtime import is_main_process
 
 DEFAULT_PRESET = "fast"
 
@@ -150,7 +152,7 @@ class Run:
             raise NinError(f"unknown export format {format!r}; choose from state-dict, onnx")
         path = Path(out) if out else self._file("weights" if format == "state-dict" else "onnx")
         if format == "onnx":
-            from nin.export import to_onnx  # the ONNX packages: only when asked for
+            from nin.inference.export import to_onnx  # the ONNX packages: only when asked for
 
             return to_onnx(self.model, self.config, self.spec, path)
         atomic_torch_save(self.model.state_dict(), path)
@@ -176,10 +178,26 @@ def load(path: str | Path, resize: int | None = None) -> Run:
     >>> seed = nin.load("nin.pt", resize=224)  # the seed notebook's own weights
     """
     run, checkpoint = RunDir.of(Path(path))
-    state = load_weights(checkpoint, resize)
+    state = read_model_state(checkpoint, resize)
     model, config, spec = model_from_state(state, checkpoint)
     record = run.record() if checkpoint == run.file("checkpoint") else None  # another file: not this run's record
     return Run(run.path, checkpoint, config, model, state["metrics"], record, spec)
+
+
+def load_weights(name: str) -> Run:
+    """The trained weights `name` that ship with nin (`nin weights` lists them) as a `Run`: its `model` in eval
+    mode, on the CPU, and its model `card`; the weights file is checked against the SHA-256 on the card.
+
+    >>> run = nin.load_weights("fast")
+    >>> run.card["test_acc"], run.model.training
+    (0.9209, False)
+    >>> images, labels = nin.load_fashion_mnist("test")
+    >>> run.predict(images[:1], top=1)[0]["top"][0]["class"]
+    'Ankle boot'
+    """
+    state, card, path = read_shipped(name)
+    model, config, spec = model_from_state(state, path)
+    return Run(path.parent / name, path, config, model, card["metrics"], card["record"], spec, card=card)
 
 
 def train(preset: str | os.PathLike | Config | None = None, out: str | Path | None = None,
@@ -261,8 +279,6 @@ def build_model(name: str = "nin", resize: int = 224) -> nn.Module:
     >>> sum(p.numel() for p in net.parameters())
     46764746
     """
-    from nin.compare import MODELS, smallest_input  # the classic CNNs: only when asked for
-
     if name not in MODELS:
         raise NinError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     if resize < (smallest := smallest_input(name)):

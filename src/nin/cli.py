@@ -12,10 +12,10 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from nin.api import DEFAULT_PRESET, Run, configure, load
-from nin.config import DEVICES, FIELDS, PRECISIONS, Config, Recipe, field_types, load_preset, presets
+from nin.api import DEFAULT_PRESET, Run, configure, load, load_weights
+from nin.config import DEVICES, FIELDS, Config, Recipe, field_types, load_preset, presets
 from nin.errors import NinError
-from nin.run import new_run_path
+from nin.training.rundir import new_run_path
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -95,24 +95,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "compare.md (a markdown table) and compare.png (bar charts) to --out.",
     )
     p.add_argument("--models", default="all", help="comma-separated model names (default all; a wrong name lists them)")
-    p.add_argument(
-        "--budget",
-        type=int,
-        default=Recipe.budget,
-        metavar="IMAGES",
-        help=f"training images per model (default {Recipe.budget:,})",
-    )
-    p.add_argument("--resize", type=int, default=Recipe.resize, help=f"input side length (default {Recipe.resize})")
-    p.add_argument("--batch-size", type=int, default=Recipe.batch_size, help=f"default {Recipe.batch_size}")
-    p.add_argument("--lr", type=float, default=Recipe.lr, help=f"SGD learning rate (default {Recipe.lr})")
-    p.add_argument("--momentum", type=float, default=Recipe.momentum, help=f"default {Recipe.momentum}")
-    p.add_argument("--seed", type=int, default=Recipe.seed, help=f"default {Recipe.seed}")
-    p.add_argument("--dataset", default=Recipe.dataset, choices=FIELDS["dataset"].metadata["choices"],
-                   help=f"default {Recipe.dataset}")  # fmt: skip
-    p.add_argument("--image-size", type=int, default=Recipe.image_size, help=FIELDS["image_size"].metadata["help"])
-    p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="default: auto")
+    add_config_flags(p, Recipe)
     p.add_argument("--out", type=Path, help="output directory (default runs/compare-<date>-<time>); a run "
                    "directory works too, and its report then shows the comparison")  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite an earlier comparison in --out")
@@ -161,8 +144,6 @@ def load_model(args: argparse.Namespace) -> Run:
     if getattr(args, "resize", None) is not None:
         raise NinError(f"--resize {args.resize}: shipped weights know their input size; --resize is for a bare "
                        "state_dict")  # fmt: skip
-    from nin.shipped import load_weights
-
     return load_weights(args.weights)
 
 
@@ -229,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if "torch.distributed" in sys.modules:  # a command that trained may have joined a process group
-            from nin.runtime import teardown
+            from nin.training.runtime import teardown
 
             teardown()
 
@@ -253,8 +234,9 @@ def keep_freed_memory() -> bool:
 
 
 def summary(args: argparse.Namespace) -> int:
-    from nin.data import shape_of
-    from nin.model import build, check_resize, layer_summary
+    from nin.data.registry import shape_of
+    from nin.models.nin import check_resize, layer_summary
+    from nin.models.registry import build
 
     config = load_preset(args.preset) if args.preset else Config()
     config = dataclasses.replace(config, **{k: getattr(args, k) for k in ("arch", "width", "resize", "dataset")
@@ -276,8 +258,8 @@ def summary(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from nin.api import train as run_training
-    from nin.guards import Stopped
-    from nin.runtime import is_main_process
+    from nin.training.guards import Stopped
+    from nin.training.runtime import is_main_process
 
     try:
         run_training(args.config or args.preset, args.out, args.data_dir, args.resume, args.force,
@@ -290,9 +272,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from nin.guards import Stopped
-    from nin.runtime import is_main_process
-    from nin.sweep import sweep as run_sweep
+    from nin.training.guards import Stopped
+    from nin.training.runtime import is_main_process
+    from nin.training.sweep import sweep as run_sweep
 
     config, name = config_of(args)
     out = args.out or new_run_path(f"sweep-{name}")
@@ -324,8 +306,8 @@ def config_of(args: argparse.Namespace) -> tuple[Config, str]:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from nin.evaluate import check_test_limit
-    from nin.run import describe
+    from nin.inference.evaluate import check_test_limit
+    from nin.training.provenance import describe
 
     check_test_limit(args.test_limit)  # a bad flag is reported before the checkpoint is read
     run = load_model(args)
@@ -348,8 +330,8 @@ def predict(args: argparse.Namespace) -> int:
     images = images_of(args)
     onnx = not args.weights and args.checkpoint is not None and args.checkpoint.suffix == ".onnx"
     if onnx:  # an exported model, through onnxruntime
-        from nin.evaluate import predict as predict_images
-        from nin.export import OnnxModel
+        from nin.inference.evaluate import predict as predict_images
+        from nin.inference.export import OnnxModel
 
         model = OnnxModel(args.checkpoint)
         results = predict_images(model, model.resize, model.spec, images)
@@ -376,17 +358,16 @@ def cam(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from nin.compare import MODELS
-    from nin.compare import compare as run_comparison
-    from nin.run import RunDir
+    from nin.models.registry import MODELS
+    from nin.training.compare import compare as run_comparison
+    from nin.training.rundir import RunDir
 
     names = list(MODELS) if args.models == "all" else [n.strip() for n in args.models.split(",") if n.strip()]
     out = args.out or new_run_path("compare")
     if RunDir(out).file("compare_json").exists() and not args.force:
         raise NinError(f"{out} already holds a comparison (compare.json); choose another --out, or pass --force")
-    fields = ("budget", "resize", "batch_size", "lr", "momentum", "seed", "dataset", "image_size", "test_limit",
-              "device", "precision")  # fmt: skip
-    run_comparison(names, Recipe(**{f: getattr(args, f) for f in fields}), out, args.data_dir)
+    recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if hasattr(args, f.name)})
+    run_comparison(names, recipe, out, args.data_dir)
     print(f"comparison: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
     return 0
 
@@ -403,7 +384,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def weights(args: argparse.Namespace) -> int:
-    from nin.shipped import card, names, render
+    from nin.inference.shipped import card, names, render
 
     cards = [card(name) for name in ([args.name] if args.name else names())]
     if args.json:
@@ -415,7 +396,7 @@ def weights(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from nin.serve import check_extra, listen, serve_forever
+    from nin.serve.app import check_extra, listen, serve_forever
 
     check_extra()  # before the model loads: the missing extra is the first thing to hear about
     run = load_model(args)

@@ -13,9 +13,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from nin.data import DATASETS
+from nin.data.registry import DATASETS
 from nin.errors import NinError
-from nin.model import ARCHS, INITS, MAX_RESIZE
+from nin.models.nin import INITS, MAX_RESIZE
+from nin.models.registry import ARCHS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -26,6 +27,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def _field(default: object, help: str, choices: tuple[str, ...] = ()) -> dataclasses.Field:
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _same(name: str) -> dataclasses.Field:
+    """Config's field `name` (default, help, choices), for another dataclass."""
+    return dataclasses.field(default=FIELDS[name].default, metadata=FIELDS[name].metadata)
 
 
 @dataclass(frozen=True)
@@ -89,37 +95,9 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        for name in ("resize", "epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                raise NinError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise NinError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.dropout < 1:
-            raise NinError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0 <= self.momentum < 1:
-            raise NinError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.seed < 2**32:
-            raise NinError(f"seed must be in [0, 2**32), got {self.seed}")
-        if not 0 <= self.warmup <= 1:
-            raise NinError(f"warmup must be a share of the steps in [0, 1], got {self.warmup}")
-        if not 0 <= self.label_smoothing < 1:
-            raise NinError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.val_split < 0:
-            raise NinError(f"val_split must be 0 (none) or positive, got {self.val_split}")
-        if self.weight_decay < 0:
-            raise NinError(f"weight_decay must be 0 or positive, got {self.weight_decay}")
+        check(self)
         if self.sync_bn and self.arch != "nin-bn":
             raise NinError(f"sync_bn normalises BatchNorm layers; the {self.arch} network has none (use --arch nin-bn)")
-        if self.width < 1:
-            raise NinError(f"width must be at least 1, got {self.width}")
-        for name in ("train_limit", "test_limit", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise NinError(f"{name} must be 0 (off/all) or positive, got {getattr(self, name)}")
-        for f in dataclasses.fields(self):
-            if f.metadata.get("choices") and getattr(self, f.name) not in f.metadata["choices"]:
-                raise NinError(
-                    f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {getattr(self, f.name)!r}"
-                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -202,30 +180,50 @@ def from_dict(values: object, source: str = "config", cls: type = Config) -> typ
 
 @dataclass(frozen=True)
 class Recipe:
-    """`nin compare`'s shared training budget and recipe (defaults: the quick preset's optimizer)."""
+    """`nin compare`'s shared training budget and recipe (defaults: the quick preset's optimizer); its flags
+    and checks are `Config`'s for the fields of the same name."""
 
-    budget: int = 30_000  # training images seen per model
-    resize: int = 99  # the smallest size at which NiN's class maps are more than 1x1 (2x2)
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    seed: int = 0
-    dataset: str = "fashion-mnist"
-    image_size: int = 32  # folder only
-    test_limit: int = 0
-    device: str = "auto"
-    precision: str = "auto"
+    budget: int = _field(30_000, "training images per model (default 30,000)")
+    resize: int = _field(99, "input side length (default 99: the smallest at which NiN's class maps are 2x2)")
+    batch_size: int = _field(128, "examples per SGD step (default 128)")
+    lr: float = _field(0.01, "SGD learning rate (default 0.01)")
+    momentum: float = _field(0.9, "SGD momentum (default 0.9)")
+    seed: int = _same("seed")
+    dataset: str = _same("dataset")
+    image_size: int = _same("image_size")
+    test_limit: int = _same("test_limit")
+    device: str = _same("device")
+    precision: str = _field("auto", FIELDS["precision"].metadata["help"] + " (default auto)", PRECISIONS)
 
     def __post_init__(self) -> None:
-        if self.budget < 1:
-            raise NinError(f"--budget {self.budget}: give the number of training images per model, e.g. 30000")
-        if self.batch_size < 1:
-            raise NinError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0 or not 0 <= self.momentum < 1:
-            raise NinError(f"--lr must be positive and --momentum in [0, 1), got {self.lr} and {self.momentum}")
-        if self.test_limit < 0:
-            raise NinError(f"--test-limit must be 0 (all) or positive, got {self.test_limit}")
-        if self.resize > MAX_RESIZE:
-            raise NinError(f"--resize {self.resize} is larger than {MAX_RESIZE}, the most nin takes")
-        if self.dataset not in DATASETS:
-            raise NinError(f"--dataset {self.dataset!r}: choose from {', '.join(DATASETS)}")
+        check(self)
+
+
+# field name -> (is the value valid, what it must be): one rule per setting, for every dataclass with that field
+RULES = {
+    **{name: (lambda v: v >= 1, "must be at least 1") for name in ("resize", "epochs", "batch_size", "image_size",
+                                                                     "width", "budget")},
+    **{name: (lambda v: v >= 0, "must be 0 (off/all) or positive") for name in ("train_limit", "test_limit",
+                                                                                   "checkpoint_every", "val_split")},
+    "lr": (lambda v: v > 0, "must be positive"),
+    "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "warmup": (lambda v: 0 <= v <= 1, "must be a share of the steps in [0, 1]"),
+    "seed": (lambda v: 0 <= v < 2**32, "must be in [0, 2**32)"),
+    "weight_decay": (lambda v: v >= 0, "must be 0 or positive"),
+}  # fmt: skip
+LIMITS = {"resize": MAX_RESIZE, "image_size": MAX_RESIZE}  # larger only costs memory (it grows with the square)
+
+
+def check(settings: object) -> None:
+    """One `NinError` for the first invalid field of the dataclass `settings` (`Config` or `Recipe`)."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        ok, must = RULES.get(f.name, (None, ""))
+        if ok is not None and not ok(value):
+            raise NinError(f"{f.name} {must}, got {value}")
+        if f.name in LIMITS and value > LIMITS[f.name]:
+            raise NinError(f"{f.name} {value} is larger than {LIMITS[f.name]}, the most nin takes")
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise NinError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")

@@ -1,0 +1,131 @@
+"""CIFAR-10 / CIFAR-100 from the official *binary* archives: fixed-size records, nothing unpickled."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nin.data.download import fetch, mirror
+from nin.data.types import Dataset
+from nin.errors import NinError
+from nin.io import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class Archive:
+    file: str
+    md5: str  # the dataset authors' own checksum, from https://www.cs.toronto.edu/~kriz/cifar.html
+    size: int  # bytes
+    folder: str  # the one folder inside the archive
+    splits: dict[str, tuple[str, ...]]  # split -> its .bin files
+    label_bytes: int  # bytes before each image: CIFAR-100 has a coarse, then a fine label
+    names: str  # the class names, one per line (CIFAR-100: the fine ones)
+
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+RECORD = 3 * 32 * 32  # each image: 1024 red, 1024 green, 1024 blue bytes, each a 32x32 row-major plane
+ARCHIVES = {
+    "cifar10": Archive("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", 170_052_171,
+                       "cifar-10-batches-bin", {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+                                                "test": ("test_batch.bin",)}, 1, "batches.meta.txt"),
+    "cifar100": Archive("cifar-100-binary.tar.gz", "03b5dce01913d631647c71ecec9e9cb8", 168_513_733,
+                        "cifar-100-binary", {"train": ("train.bin",), "test": ("test.bin",)}, 2,
+                        "fine_label_names.txt"),
+}  # fmt: skip
+
+
+def load_cifar(name: str, folder: Path, split: str) -> Dataset:
+    """One split of CIFAR-10/100, extracted from the official binary archive in `folder` on first use."""
+    a = ARCHIVES[name]
+    extracted = folder / a.folder
+    if not extracted.is_dir():
+        extract(name, folder)
+    records = []
+    for file in a.splits[split]:
+        path = extracted / file
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise NinError(f"{path}: cannot read it ({e.strerror}); delete {extracted} to extract it again") from None
+        records.append(_records(name, raw, path))
+    data = torch.cat(records)
+    labels = data[:, a.label_bytes - 1].long()  # CIFAR-100: the fine label, the second byte
+    classes = _class_names(extracted / a.names)
+    if int(labels.max()) >= len(classes):
+        raise NinError(f"{extracted}: a label is {int(labels.max())}, but {a.names} names {len(classes)} classes; "
+                       f"delete {extracted} and the archive, and download it again")  # fmt: skip
+    return Dataset(data[:, a.label_bytes :].reshape(-1, 3, 32, 32).contiguous(), labels, classes)
+
+
+def _records(name: str, raw: bytes, path: Path) -> torch.Tensor:
+    size = ARCHIVES[name].label_bytes + RECORD
+    if not raw or len(raw) % size:
+        raise NinError(f"{path}: {len(raw)} bytes is not a whole number of {name} records of {size} bytes: "
+                       "the file is damaged or not from the official binary archive")  # fmt: skip
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(-1, size)
+
+
+def _class_names(path: Path) -> tuple[str, ...]:
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def extract(name: str, folder: Path) -> Path:
+    """Download `name`'s archive into `folder` if missing, check its size and MD5, and extract the files nin
+    reads into `folder`/<its folder>, atomically: into a temporary folder renamed into place once complete."""
+    a = ARCHIVES[name]
+    archive = folder / a.file
+    url = mirror(CIFAR_URL) + a.file
+    if not archive.exists():
+        print(f"downloading {url} -> {archive} ({a.size / 1e6:.0f} MB)")
+        try:
+            data = fetch(url, f"{name}: {a.file} is not in {folder} and")
+        except NinError as e:
+            raise NinError(f"{e}. Download {url} on a machine that can, and put it in {folder} (or point --data-dir "
+                           f"at a folder that has it; NIN_DATA_DIR: one with a {name}/ folder).") from None  # fmt: skip
+        _check_archive(name, data, url, "nothing was saved; try again later or download it by hand")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(archive, data)
+    else:
+        fix = f"delete it and run again, or put the official {a.file} there"
+        _check_archive(name, archive.read_bytes(), archive, fix)
+    tmp = folder / f".{a.folder}.{os.getpid()}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        with tarfile.open(archive, "r:gz") as tar:
+            # only the known member names, written by us: nothing in the archive chooses a path
+            for file in (*a.splits["train"], *a.splits["test"], a.names):
+                member = tar.getmember(f"{a.folder}/{file}")
+                source = tar.extractfile(member) if member.isfile() else None
+                if source is None:
+                    raise KeyError(file)
+                with source, open(tmp / file, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                if file.endswith(".bin"):
+                    _records(name, (tmp / file).read_bytes(), archive / member.name)
+        try:
+            os.replace(tmp, folder / a.folder)
+        except OSError:  # another process (a torchrun rank) extracted it first: theirs is as good
+            if not (folder / a.folder).is_dir():
+                raise
+    except (tarfile.TarError, EOFError, zlib.error, KeyError) as e:
+        raise NinError(f"{archive}: not a complete {name} binary archive ({type(e).__name__}: {e}); delete it and "
+                       f"download {url} again. Nothing was extracted.") from None  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / a.folder
+
+
+def _check_archive(name: str, data: bytes, source: object, fix: str) -> None:
+    a = ARCHIVES[name]
+    if len(data) != a.size or (digest := hashlib.md5(data, usedforsecurity=False).hexdigest()) != a.md5:
+        found = f"{len(data):,} bytes" if len(data) != a.size else f"MD5 {digest}"
+        raise NinError(f"{source}: not the official {a.file} ({found}; expected {a.size:,} bytes with MD5 "
+                       f"{a.md5}, the authors' checksum); {fix}")  # fmt: skip

@@ -1,0 +1,1 @@
+"""Using a trained network: evaluation, prediction, class activation maps, ONNX export, and the shipped weights."""

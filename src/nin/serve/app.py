@@ -1,0 +1,192 @@
+"""`nin serve`: a local web page and a JSON API that classify an image and show its class map.
+
+`POST /predict` takes one image file in the multipart field `image` and answers
+`{"top": [{"class", "prob"} x 3], "cam": {"class", "size", "png"}}`: the top-3 classes, as `Run.predict`
+gives them, and the class map of the top class (NiN's own explanation, nin/cam.py) laid over the image as a
+PNG data URL (`"cam": null` where the run's maps are 1x1). Bad input gets an HTTP 4xx and
+`{"error": "<one sentence>"}`, and the server goes on serving. `GET /` is the page (nin/serve/page.html: one
+file, nothing fetched from elsewhere), `GET /info` the model's name, classes and limits.
+
+Limits, so that no upload can take the server down: a body over `MAX_UPLOAD` bytes is refused (413) from
+its Content-Length, and the read stops there whatever the header said; images over `MAX_PIXELS` are refused
+from their header, before they are decoded (evaluate.load_image); `WORKERS` images are decoded and classified
+at a time. Starlette and uvicorn are the serve extra's.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nin.api import Run
+from nin.data.batches import resize
+from nin.data.images import MAX_PIXELS, load_image
+from nin.errors import NinError
+from nin.inference.cam import class_maps
+
+EXTRA = "pip install 'nin[serve]' (starlette, uvicorn and python-multipart)"
+MAX_UPLOAD = 10 * 1024 * 1024  # bytes of request body
+WORKERS = 4  # images decoded at once: bounds the memory that concurrent uploads take
+SHOWN = 224  # side length of the class-map PNG
+PAGE = Path(__file__).with_name("page.html")
+# inferno-like colour scale from low to high evidence: black, purple, red, orange, pale yellow
+COLOURS = torch.tensor([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]]) / 255
+
+
+class Refused(Exception):
+    """A request the server answers with `status` and {"error": message}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def check_extra() -> None:
+    try:
+        import python_multipart  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise NinError(f"nin serve needs the serve extra: {EXTRA}") from None
+
+
+def answer(run: Run, data: bytes) -> dict:
+    """The answer for one image file's bytes: the top-3 classes and the class map of the first."""
+    upload = io.BytesIO(data)
+    upload.name = "the uploaded file"  # how load_image's errors name it
+    try:
+        image = load_image(upload, run.spec)[None]  # (1, C, H, W) uint8, as the run's data
+    except NinError as e:
+        raise Refused(400, str(e)) from None
+    top = run.predict(image)[0]["top"]
+    x = resize(image, run.config.resize)
+    with torch.inference_mode():
+        maps, _ = class_maps(run.model, x)
+    if maps.shape[-1] < 2:
+        return {"top": top, "cam": None, "note": "this run's class maps are 1x1: they cannot show where"}
+    k = run.classes.index(top[0]["class"])
+    return {"top": top, "cam": {"class": top[0]["class"], "size": list(maps.shape[-2:]), "png": overlay(x, maps[:, k])}}
+
+
+def overlay(x: torch.Tensor, heat: torch.Tensor) -> str:
+    """The image `x` (1, C, S, S) in [0, 1], in gray, with the class map `heat` (1, h, w) upsampled over it, as
+    a PNG data URL; the map is scaled from its own minimum (dark) to its maximum (bright)."""
+    from PIL import Image
+
+    gray = F.interpolate(x.float().mean(dim=1, keepdim=True), size=(SHOWN, SHOWN), mode="bilinear")[0, 0]
+    heat = F.interpolate(heat[None].float(), size=(SHOWN, SHOWN), mode="bilinear", align_corners=False)[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp(min=1e-12)
+    position = heat * (len(COLOURS) - 1)
+    low = position.floor().long().clamp(max=len(COLOURS) - 2)
+    colour = torch.lerp(COLOURS[low], COLOURS[low + 1], (position - low)[..., None])  # (SHOWN, SHOWN, 3)
+    rgb = 0.4 * gray[..., None] + 0.6 * colour
+    png = io.BytesIO()
+    Image.fromarray((rgb.clamp(0, 1) * 255).round().byte().numpy(), "RGB").save(png, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+
+async def read_upload(request) -> bytes:
+    """The bytes of the file in the multipart field `image`, reading at most MAX_UPLOAD bytes of body."""
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect, Request
+
+    too_big = f"the upload is over the limit of {MAX_UPLOAD // 2**20} MB; send a smaller image"
+    length = request.headers.get("content-length", "0")
+    if not length.isdigit():
+        raise Refused(400, f"Content-Length {length!r} is not a number of bytes")
+    if int(length) > MAX_UPLOAD:
+        raise Refused(413, too_big)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_UPLOAD:
+                raise Refused(413, too_big)
+    except ClientDisconnect:
+        raise Refused(400, "the upload stopped before its end") from None
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    how = "send the image as multipart/form-data in the field 'image' (curl -F image=@shirt.png URL/predict)"
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+    except HTTPException as e:  # the multipart parser's complaint
+        raise Refused(400, f"the body is not valid multipart/form-data ({e.detail}); {how}") from None
+    file = form.get("image")
+    if not isinstance(file, UploadFile):
+        raise Refused(400, f"no file in the field 'image'; {how}")
+    return await file.read()
+
+
+def app(run: Run):
+    """The Starlette application serving `run`."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    page, gate = PAGE.read_bytes(), threading.BoundedSemaphore(WORKERS)
+    name = run.card["name"] if run.card else str(run.path)
+
+    def classify(data: bytes) -> dict:
+        with gate:
+            return answer(run, data)
+
+    async def index(request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
+
+    async def info(request) -> Response:
+        return JSONResponse({"model": name, "classes": run.classes, "input": run.config.resize,
+                             "max_upload": MAX_UPLOAD, "max_pixels": MAX_PIXELS})  # fmt: skip
+
+    async def predict(request) -> Response:
+        try:
+            return JSONResponse(await run_in_threadpool(classify, await read_upload(request)))
+        except Refused as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    async def http_error(request, e: HTTPException) -> Response:  # 404, 405: JSON like every other error
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {e.detail}"}, status_code=e.status_code)
+
+    async def server_error(request, e: Exception) -> Response:  # a bug of ours: JSON too, the traceback in the log
+        return JSONResponse({"error": f"the server failed on this request ({type(e).__name__}); see its log"},
+                            status_code=500)  # fmt: skip
+
+    routes = [Route("/", index), Route("/info", info), Route("/predict", predict, methods=["POST"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port (port 0: any free one)."""
+    sock = None
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+        sock.bind(address)
+        sock.listen()
+        return sock
+    except OSError as e:
+        if sock is not None:
+            sock.close()
+        raise NinError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
+
+
+def server(run: Run):
+    """A uvicorn server of `run`; `server(run).run(sockets=[listen(host, port)])` serves until Ctrl-C."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app(run), log_level="warning", timeout_graceful_shutdown=2))
+
+
+def serve_forever(run: Run, sock: socket.socket) -> None:
+    server(run).run(sockets=[sock])

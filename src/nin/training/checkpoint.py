@@ -1,0 +1,163 @@
+"""Checkpoints: written atomically, loaded with `weights_only=True`, checked to be ours."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from nin.config import Config, from_dict, load_preset
+from nin.data.types import Spec
+from nin.errors import NinError
+from nin.io import atomic_torch_save
+from nin.models.nin import NiN, check_resize
+from nin.models.registry import build
+
+FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
+
+
+def save_checkpoint(
+    path: Path,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    position: dict,
+    config: Config,
+    spec: Spec,
+    metrics: list[dict],
+    rng: list,
+    cuda_rng: list,
+) -> None:
+    """Everything needed to continue the run exactly, or to evaluate it.
+
+    `position`: completed epochs, completed steps of the current epoch, the epoch's running sums
+    (loss, correct, examples, seconds) and the number of processes; `spec`: the data's classes,
+    channels and image size; `rng`/`cuda_rng`: each rank's state.
+    """
+    state = {
+        "format": FORMAT,
+        "model": net.state_dict(),  # same keys as the seed's nn.Sequential
+        "optimizer": optimizer.state_dict(),
+        "position": position,
+        "config": config.to_dict(),
+        "data": spec.to_dict(),
+        "metrics": metrics,
+        "rng": {"torch": rng, "cuda": cuda_rng},
+    }
+    state["sha256"] = digest(state)
+    atomic_torch_save(state, path)
+
+
+def digest(state: object) -> str:
+    """SHA-256 over every tensor's bytes and every other value, in a fixed order.
+
+    torch.load does not notice flipped bytes inside tensor data; comparing this digest does.
+    """
+    h = hashlib.sha256()
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"tensor {t.dtype} {tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=str):
+                if key != "sha256":
+                    h.update(f"{key!r}=".encode())
+                    walk(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for item in obj:
+                walk(item)
+            h.update(b"]")
+        else:
+            h.update(f"{obj!r};".encode())
+
+    walk(state)
+    return h.hexdigest()
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint file's contents, checked to be a nin checkpoint of this format, undamaged."""
+    return _check(path, _read(path))
+
+
+def read_model_state(path: Path, resize: int | None = None) -> dict:
+    """What `nin.load` reads: a nin checkpoint, or a bare state_dict of the seed's `nn.Sequential` (the
+    notebook's `torch.save(net.state_dict(), path)`) or of nin-bn, recognised by its keys and shapes. A
+    bare state_dict gets the d2l preset's settings (fast's for nin-bn) at `resize` (default: the preset's,
+    224 for the seed's NiN), no metrics and no record."""
+    state = _read(path)
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        config, spec = _recognise(state, path, resize)
+        return {"model": state, "config": config.to_dict(), "data": spec.to_dict(), "metrics": []}
+    state = _check(path, state)
+    if resize is not None:
+        raise NinError(f"--resize {resize}: {path} is a nin checkpoint, trained at {state['config']['resize']}x"
+                       f"{state['config']['resize']}; --resize is for a bare state_dict")  # fmt: skip
+    return state
+
+
+def _read(path: Path) -> object:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NinError(
+            f"{path}: not a readable nin checkpoint ({first_line[:200]}); "
+            "it may be truncated or from another program: use a checkpoint.pt written by `nin train`"
+        ) from None
+
+
+def _check(path: Path, state: object) -> dict:
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("nin-checkpoint-"):
+        raise NinError(
+            f"{path}: not a nin checkpoint (no '{FORMAT}' marker); use a checkpoint.pt written by `nin train`"
+        )
+    if state["format"] != FORMAT:
+        raise NinError(f"{path}: a {state['format']} checkpoint from another version of nin; this one reads "
+                       f"{FORMAT}: train again, or use the nin version that wrote it")  # fmt: skip
+    if not all(isinstance(state.get(key), dict) for key in ("model", "config", "position")) or (
+        state.get("sha256") != digest(state)
+    ):
+        raise NinError(f"{path}: damaged nin checkpoint (its contents do not match their SHA-256); use another one")
+    return state
+
+
+def _recognise(weights: dict, path: Path, resize: int | None) -> tuple[Config, Spec]:
+    """The settings of the network whose state_dict `weights` is (the seed's NiN, or nin-bn of some width)
+    and a Fashion-MNIST-like spec of its data (channels and classes from the first and last weights)."""
+    candidates = [load_preset("d2l")]
+    if "0.0.weight" in weights and "0.1.running_mean" in weights:  # BatchNorm after the first conv: nin-bn
+        candidates.append(dataclasses.replace(load_preset("fast"), width=weights["0.0.weight"].shape[0]))
+    shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    convs = [v for v in weights.values() if v.dim() == 4]  # the first and the last convolution's weights
+    channels, classes = (convs[0].shape[1], convs[-1].shape[0]) if convs else (1, 10)
+    other = (channels, classes) != (1, 10)  # not Fashion-MNIST's shape: class names unknown
+    spec = Spec("unknown", tuple(str(i) for i in range(classes)), channels) if other else Spec()
+    for config in candidates:
+        net = build(config.arch, config.dropout, config.width, channels, classes)
+        if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
+            config = dataclasses.replace(config, resize=resize or config.resize)
+            check_resize(net, config.resize)
+            return config, spec
+    raise NinError(
+        f"{path}: not a nin checkpoint, and a state_dict of a network nin does not know: its keys and shapes "
+        "are neither the seed's NiN (d2l's nn.Sequential) nor nin-bn's; use a checkpoint.pt written by nin train"
+    )
+
+
+def model_from_state(state: dict, path: Path) -> tuple[NiN, Config, Spec]:
+    """The trained network (in eval mode, on the CPU), the config it was trained with and its data's spec,
+    from the contents of the checkpoint file `path` (named in errors)."""
+    config = from_dict(state["config"], source=str(path))
+    spec = Spec.from_dict(state.get("data"))
+    net = build(config.arch, config.dropout, config.width, spec.channels, len(spec.classes), config.normalize)
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise NinError(f"{path}: weights do not fit the {config.arch} model ({str(e).splitlines()[0]})") from None
+    return net.eval(), config, spec

@@ -1,0 +1,132 @@
+"""The seed notebook's weights in and out: a bare state_dict of its nn.Sequential is a run nin can use,
+and `nin export` writes one the notebook loads with `net.load_state_dict(torch.load(path))`."""
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import nin
+from nin.cli import main
+from nin.data.batches import resize
+from nin.data.registry import load_fashion_mnist
+from nin.errors import NinError
+from seed_nin import seed_net
+
+
+def test_the_seed_notebooks_state_dict_evaluates_predicts_and_maps(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = seed_net().eval()
+    path = tmp_path / "nin.pt"
+    torch.save(net.state_dict(), path)  # the notebook's own save
+    assert main(["evaluate", str(path), "--resize", "67", "--test-limit", "50", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    images, labels = load_fashion_mnist("test")
+    with torch.inference_mode():
+        expected = (net(resize(images[:50], 67)).argmax(1) == labels[:50]).float().mean().item()
+    assert result["test_acc"] == pytest.approx(expected) and result["record"] is None
+    run = nin.load(path)  # default: the seed's 224
+    assert run.config.resize == 224 and run.config.arch == "nin" and run.metrics == [] and run.test_acc is None
+    png = tmp_path / "boot.png"
+    Image.fromarray(images[0].numpy()).save(png)
+    assert main(["predict", str(path), str(png), "--json"]) == 0
+    with torch.inference_mode():
+        probs = net(resize(images[:1], 224)).softmax(1)[0]
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    assert top["prob"] == pytest.approx(probs.max().item(), rel=1e-4)
+    assert main(["cam", str(path), "--test-samples", "2", "--out", str(tmp_path / "cam.png")]) == 0
+
+
+def test_export_writes_what_the_seed_notebook_loads(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["export", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == f"state_dict: {run / 'weights.pt'}"
+    net = seed_net()
+    net.load_state_dict(torch.load(run / "weights.pt"))  # the notebook's own load (weights_only by default)
+    x = resize(load_fashion_mnist("test")[0][:8], 67)
+    with torch.inference_mode():
+        torch.testing.assert_close(net.eval()(x), nin.load(run).model(x))
+    out = tmp_path / "elsewhere.pt"
+    assert main(["export", str(run), "--out", str(out), "--format", "state-dict"]) == 0 and out.is_file()
+
+
+def test_what_is_not_a_known_network_gets_one_clear_error(trained_run, tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(
+        NinError, match="other.pt: not a nin checkpoint, and a state_dict of a network nin does not know"
+    ):
+        nin.load(path)
+    with pytest.raises(NinError, match="--resize 99: .* is a nin checkpoint, trained at 67x67"):
+        nin.load(trained_run, resize=99)
+    torch.save(seed_net().state_dict(), path)
+    with pytest.raises(NinError, match="resize 20 is too small"):
+        nin.load(path, resize=20)
+
+
+def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_path, capsys):
+    """The exported ONNX model through onnxruntime: the logits of 1,000 real test images within 1e-4 of
+    PyTorch's, the same predictions, any batch size, and the run's facts in the metadata."""
+    onnx = pytest.importorskip("onnx")  # the export extra, which `make` installs
+    from nin.inference.export import OnnxModel
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert capsys.readouterr().out.strip() == f"ONNX model: {run / 'model.onnx'}"
+    model = nin.load(run)
+    x = resize(load_fashion_mnist("test")[0][:1000], model.config.resize)
+    with torch.inference_mode():
+        expected = model.model(x)
+    for batch in (x, x[:1]):
+        got = OnnxModel(run / "model.onnx")(batch)
+        assert (got - expected[: len(batch)]).abs().max() <= 1e-4
+        assert torch.equal(got.argmax(1), expected[: len(batch)].argmax(1))
+    props = {p.key: p.value for p in onnx.load(run / "model.onnx").metadata_props}
+    assert json.loads(props["class_names"])[9] == "Ankle boot" and json.loads(props["input_size"]) == [1, 67, 67]
+    assert props["dataset"] == "fashion-mnist" and props["nin_version"] == nin.__version__
+
+
+def test_onnx_without_the_export_extra_is_one_clear_error(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "ONNX export needs the export extra: pip install 'nin[export]'" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_predict_with_an_onnx_model_gives_pytorchs_answer(trained_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    png = tmp_path / "boot.png"
+    Image.fromarray(load_fashion_mnist("test")[0][0].numpy()).save(png)
+    onnx_file = nin.load(trained_run).export(tmp_path / "m.onnx", format="onnx")
+    assert main(["predict", str(onnx_file), str(png), "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)[0]["top"]
+    theirs = nin.load(trained_run).predict([png])[0]["top"]
+    assert [t["class"] for t in ours] == [t["class"] for t in theirs]
+    assert [t["prob"] for t in ours] == pytest.approx([t["prob"] for t in theirs], abs=1e-5)
+    (tmp_path / "bad.onnx").write_text("not a model")
+    assert main(["predict", str(tmp_path / "bad.onnx"), str(png)]) == 2
+    assert "bad.onnx: not an ONNX model written by nin export" in capsys.readouterr().err
+
+
+def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_graph(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from nin.config import Config
+    from nin.data.types import Spec
+    from nin.inference.export import OnnxModel, to_onnx
+    from nin.models.nin import nin_bn
+
+    torch.manual_seed(0)
+    net = nin_bn(width=4, in_channels=3, num_classes=100, normalize=True).eval()
+    net[0].mean.copy_(torch.tensor([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1))
+    net[0].std.copy_(torch.tensor([0.2, 0.25, 0.3]).reshape(1, 3, 1, 1))
+    spec = Spec("cifar100", tuple(f"c{i}" for i in range(100)), 3, 32)
+    onnx = OnnxModel(to_onnx(net, Config(arch="nin-bn", width=4, resize=32, normalize=True), spec, tmp_path / "m.onnx"))
+    assert onnx.resize == 32 and onnx.spec == spec
+    x = torch.rand(5, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(onnx(x), net(x), atol=1e-4, rtol=0)

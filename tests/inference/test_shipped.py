@@ -1,0 +1,167 @@
+"""The weights that ship with nin: each model card holds for its weights file, a changed file is refused, and
+every command takes `--weights NAME` without writing into the package."""
+
+import dataclasses
+import fnmatch
+import hashlib
+import importlib.util
+import json
+import shlex
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import nin
+from helpers import check_page
+from nin.cli import main
+from nin.inference import shipped
+from nin.models.nin import layer_summary
+
+NAMES = shipped.names()
+PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def fast() -> nin.Run:
+    return nin.load_weights("fast")
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_fast_ships_and_is_the_fast_preset_with_seed_0(fast):
+    assert "fast" in NAMES
+    preset = nin.load_preset("fast")
+    assert dataclasses.replace(fast.config, precision=preset.precision) == preset and fast.config.seed == 0
+    assert fast.config.precision == "fp32"  # shipped weights evaluate in fp32, whatever trained them
+    assert not fast.model.training
+    assert fast.card["record"]["sessions"][-1]["status"] == "finished"
+    assert "train --preset fast" in fast.card["command"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_card_holds_for_its_weights(name, tmp_path):
+    """The card's test accuracy, re-measured from the weights file in fp32 on the CPU on all 10,000 test
+    images, exactly; and its parameters, MACs, size and SHA-256."""
+    run = nin.load_weights(name)
+    card = run.card
+    result = run.evaluate(device="cpu", plot=tmp_path / "confusion.png")
+    assert (result["precision"], result["examples"], card["test_images"]) == ("fp32", 10_000, 10_000)
+    assert result["test_acc"] == card["test_acc"]
+    assert round(result["test_acc"] * 10_000) == card["test_correct"]
+    rows = layer_summary(run.model, run.config.resize)
+    assert sum(r["params"] for r in rows) == card["parameters"] == sum(p.numel() for p in run.model.parameters())
+    assert sum(r["macs"] for r in rows) == card["macs"]
+    weights = shipped.WEIGHTS_DIR / card["weights"]
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
+    assert weights.stat().st_size == card["weights_bytes"]
+    state = torch.load(weights, weights_only=True)
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
+    assert card["classes"] == list(run.classes) and card["seed"] == card["config"]["seed"]
+    assert card["nin_commit"] == card["record"]["sessions"][0]["nin_commit"]
+    assert card["metrics"] == run.metrics and len(run.metrics) == run.config.epochs
+
+
+def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "weights"
+    shutil.copytree(shipped.WEIGHTS_DIR, weights)
+    data = bytearray((weights / "fast.pt").read_bytes())
+    data[len(data) // 2] ^= 1  # one bit, inside the tensor data: torch.load alone would not notice
+    (weights / "fast.pt").write_bytes(bytes(data))
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", weights)
+    with pytest.raises(nin.NinError, match="fast.pt: its SHA-256 differs from the one on its model card"):
+        nin.load_weights("fast")
+    assert main(["evaluate", "--weights", "fast"]) == 2
+    assert "reinstall nin" in capsys.readouterr().err
+
+
+def test_unknown_name_lists_the_names(capsys):
+    with pytest.raises(nin.NinError, match="no shipped weights named 'fats'; choose from fast"):
+        nin.load_weights("fats")
+    assert main(["predict", "--weights", "fats", "shirt.png"]) == 2
+    assert "choose from fast" in capsys.readouterr().err
+
+
+def test_nin_weights_lists_the_cards(fast, capsys):
+    assert main(["weights"]) == 0
+    out = capsys.readouterr().out
+    for name in NAMES:
+        assert f"{name}: " in out
+    assert f"test accuracy  {fast.card['test_acc']:.4f} (" in out and fast.card["sha256"] in out
+    assert main(["weights", "fast", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [fast.card]
+
+
+def test_every_command_takes_weights_and_writes_into_the_current_directory(fast, in_tmp, capsys):
+    package = sorted(p.name for p in shipped.WEIGHTS_DIR.parent.rglob("*"))
+    images, _ = nin.load_fashion_mnist("test")
+    Image.fromarray(images[0].numpy()).save(in_tmp / "boot.png")
+    expected = fast.predict(images[:1])[0]["top"][0]["class"]
+
+    assert main(["predict", "--weights", "fast", "boot.png"]) == 0
+    assert capsys.readouterr().out.startswith(f"boot.png: {expected} ")
+    assert main(["evaluate", "--weights", "fast", "--test-limit", "200"]) == 0
+    assert main(["cam", "--weights", "fast", "boot.png"]) == 0
+    assert main(["report", "--weights", "fast", "--test-limit", "200"]) == 0
+    assert main(["export", "--weights", "fast"]) == 0
+    made = {"fast-confusion_matrix.png", "fast-cam.png", "fast-report.html", "fast-weights.pt"}
+    assert {p.name for p in in_tmp.iterdir()} == made | {"boot.png"}
+    assert sorted(p.name for p in shipped.WEIGHTS_DIR.parent.rglob("*")) == package  # nothing written there
+    check_page(in_tmp / "fast-report.html")
+    exported = nin.load("fast-weights.pt", resize=28)
+    assert exported.predict(images[:1]) == fast.predict(images[:1])
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["evaluate"], "give a run directory or checkpoint, or --weights NAME"),
+        (["predict", "--weights", "fast", "--resize", "32", "a.png"], "shipped weights know their input size"),
+        (["predict", "--weights", "fast"], "no images given"),
+        (["export", "runs/fast", "--weights", "fast"], "give either runs/fast or --weights fast, not both"),
+    ],
+)
+def test_bad_weights_arguments(args, fragment, capsys):
+    assert main(args) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_ship_weights_writes_a_card_that_loads(tmp_path, monkeypatch, capsys):
+    """benchmarks/ship_weights.py on a tiny real run: the two files, and the card measured from them."""
+    spec = importlib.util.spec_from_file_location("ship_weights", BENCHMARKS / "ship_weights.py")
+    ship_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_weights)
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path / "weights")
+    run = nin.train("fast", out=tmp_path / "run", width=4, epochs=1, train_limit=512, test_limit=64, device="cpu")
+    unfinished = nin.Run(run.path, run.checkpoint, run.config, run.model, run.metrics, None, run.spec)
+    monkeypatch.setattr(nin, "load", lambda path: unfinished if str(path) == "no-record" else run)
+    assert ship_weights.main(["no-record", "--name", "tiny", "--description", "d", "--out", str(tmp_path)]) == 2
+    assert "not a finished run with a run record" in capsys.readouterr().err
+    assert ship_weights.main([str(run.path), "--name", "tiny", "--description", "a tiny run",
+                              "--out", str(tmp_path / "weights")]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["tiny.json", "tiny.pt"]
+    tiny = nin.load_weights("tiny")
+    card = tiny.card
+    assert card["test_acc"] == tiny.evaluate(device="cpu", plot=tmp_path / "c.png")["test_acc"]
+    assert card["test_images"] == 10_000 and card["record"] == run.record and card["metrics"] == run.metrics
+    assert card["config"] == {**run.config.to_dict(), "precision": "fp32"} and card["seed"] == run.config.seed
+    assert card["command"] == shlex.join(run.record["sessions"][0]["command"])
+    assert 0 <= card["fp32_error"] < 1e-4 and card["smallest_top2_gap"] >= 0
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(value, tiny.model.state_dict()[key])
+
+
+def test_package_data_holds_the_weights_and_the_page():
+    patterns = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]["nin"]
+    package = Path(nin.__file__).parent
+    for path in [*shipped.WEIGHTS_DIR.iterdir(), package / "serve" / "page.html"]:
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative

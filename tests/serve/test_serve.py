@@ -1,0 +1,291 @@
+"""`nin serve`: a real uvicorn server in a thread answers real test images as `Run.predict` does, refuses bad
+uploads with one JSON sentence and goes on serving, answers 50 clients at once; and a real browser drives the
+page of `nin serve` started from the command line."""
+
+import base64
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import nin
+from nin.cli import get_args_parser, main
+from nin.data.types import Spec
+from nin.serve.app import EXTRA, MAX_UPLOAD, PAGE
+
+pytest.importorskip("uvicorn", reason="the serve extra (make installs it)")
+
+CLIENTS = 50
+
+
+def png(image) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(data: bytes, field: str = "image", filename: str = "image.png") -> tuple[bytes, str]:
+    boundary = "nin-test-boundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n\r\n'
+    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def request(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def post_image(port: int, data: bytes, **kwargs) -> tuple[int, dict]:
+    body, kind = multipart(data, **kwargs)
+    return request(port, "POST", "/predict", body, {"Content-Type": kind})
+
+
+@pytest.fixture(scope="module")
+def run() -> nin.Run:
+    return nin.load_weights("fast")
+
+
+@pytest.fixture(scope="module")
+def test_images(run):
+    """The first CLIENTS test images as PNG files, and the run's own top-3 for each."""
+    images, _ = nin.load_fashion_mnist("test")
+    return [png(image) for image in images[:CLIENTS]], [r["top"] for r in run.predict(images[:CLIENTS])]
+
+
+@pytest.fixture(scope="module")
+def port(run) -> int:
+    """A real uvicorn server of the shipped fast weights, in a thread, on a free port of 127.0.0.1."""
+    from nin.serve.app import listen, server
+
+    sock = listen("127.0.0.1", 0)
+    uvicorn_server = server(run)
+    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uvicorn_server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    yield sock.getsockname()[1]
+    uvicorn_server.should_exit = True
+    thread.join(10)
+
+
+def assert_good_request(port, test_images, i: int = 0) -> None:
+    files, expected = test_images
+    status, answer = post_image(port, files[i])
+    assert status == 200, answer
+    assert [t["class"] for t in answer["top"]] == [t["class"] for t in expected[i]]
+    assert [t["prob"] for t in answer["top"]] == pytest.approx([t["prob"] for t in expected[i]], abs=1e-6)
+
+
+def test_top3_and_class_map_of_real_test_images(port, test_images):
+    for i in range(5):
+        assert_good_request(port, test_images, i)
+    _, answer = post_image(port, test_images[0][0])
+    cam = answer["cam"]
+    assert cam["class"] == answer["top"][0]["class"] and cam["size"] == [3, 3]  # the fast network's 3x3 maps
+    with Image.open(io.BytesIO(base64.b64decode(cam["png"].removeprefix("data:image/png;base64,")))) as image:
+        assert (image.format, image.size, image.mode) == ("PNG", (224, 224), "RGB")
+
+
+def bomb() -> bytes:
+    """A 7,000 x 7,000 PNG: 49 megapixels, 48 KB on the wire."""
+    buffer = io.BytesIO()
+    Image.new("L", (7000, 7000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def chunks_over_the_limit():
+    for _ in range(MAX_UPLOAD // 2**20 + 1):
+        yield b"x" * 2**20
+
+
+@pytest.mark.parametrize(
+    "case, status, fragment",
+    [
+        ("announced too large", 413, "over the limit of 10 MB"),
+        ("streamed too large", 413, "over the limit of 10 MB"),
+        ("not an image", 400, "the uploaded file: not a supported image format; nin reads PNG, JPEG, BMP or WebP"),
+        ("truncated PNG", 400, "the uploaded file: cannot read it as an image"),
+        ("decompression bomb", 400, "7000x7000 pixels is over the limit"),
+        ("wrong field", 400, "no file in the field 'image'"),
+        ("not multipart", 400, "no file in the field 'image'"),
+        ("GET /predict", 405, "GET /predict: Method Not Allowed"),
+    ],
+)
+def test_bad_requests_get_a_json_error_and_the_server_goes_on(port, test_images, case, status, fragment):
+    good = test_images[0][0]
+    if case == "announced too large":  # refused from the header: the body is never sent
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.putrequest("POST", "/predict")
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(MAX_UPLOAD + 1))
+        conn.endheaders()
+        response = conn.getresponse()
+        answer = (response.status, json.loads(response.read()))
+        conn.close()
+    elif case == "streamed too large":  # no Content-Length: the read stops at the limit
+        answer = request(port, "POST", "/predict", chunks_over_the_limit())  # http.client sends it chunked
+    elif case == "not an image":
+        answer = post_image(port, b"GIF? no: plain text")
+    elif case == "truncated PNG":
+        answer = post_image(port, good[: len(good) // 2])
+    elif case == "decompression bomb":
+        answer = post_image(port, bomb())
+    elif case == "wrong field":
+        answer = post_image(port, good, field="file")
+    elif case == "not multipart":
+        answer = request(port, "POST", "/predict", b'{"image": "boot.png"}', {"Content-Type": "application/json"})
+    else:
+        answer = request(port, "GET", "/predict")
+    assert answer[0] == status and fragment in answer[1]["error"], answer
+    assert_good_request(port, test_images)
+
+
+def test_50_clients_at_once_all_get_their_answer(port, test_images):
+    files, expected = test_images
+    start = threading.Barrier(CLIENTS)
+
+    def client(i: int) -> tuple[int, dict]:
+        start.wait()  # every client sends at the same moment
+        return post_image(port, files[i])
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        answers = list(pool.map(client, range(CLIENTS)))
+    assert [status for status, _ in answers] == [200] * CLIENTS
+    assert [a["top"][0]["class"] for _, a in answers] == [e[0]["class"] for e in expected]
+
+
+def test_page_and_info(port, run):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    page = response.read().decode()
+    conn.close()
+    assert response.status == 200 and response.getheader("content-type").startswith("text/html")
+    assert page == PAGE.read_text()
+    # one file, nothing fetched from elsewhere: every src and href is inline data, no external script or style
+    assert all(url.startswith("data:") for url in re.findall(r'(?:src|href)="([^"]*)"', page))
+    assert "<script src" not in page and "@import" not in page and "url(" not in page
+    assert request(port, "GET", "/info") == (200, {"model": "fast", "classes": list(run.classes), "input": 28,
+                                                   "max_upload": MAX_UPLOAD, "max_pixels": 40_000_000})  # fmt: skip
+
+
+def test_a_run_with_1x1_class_maps_gets_a_note_instead(test_images):
+    """The seed's NiN at 67x67 (the quick preset's size) has 1x1 maps: nothing to show where."""
+    from nin.serve.app import answer
+
+    run = nin.Run(Path("untrained"), Path("untrained.pt"), nin.Config(resize=67), nin.NiN().eval(), [], None, Spec())
+    result = answer(run, test_images[0][0])
+    assert len(result["top"]) == 3 and result["cam"] is None and "1x1" in result["note"]
+
+
+def test_a_failure_of_the_server_is_json_too(port, test_images, monkeypatch):
+    from nin.serve import app as serve
+
+    with monkeypatch.context() as m:
+        m.setattr(serve, "overlay", lambda *args: 1 / 0)  # a bug, while the server runs
+        answer = post_image(port, test_images[0][0])
+    assert answer == (500, {"error": "the server failed on this request (ZeroDivisionError); see its log"})
+    assert_good_request(port, test_images)
+
+
+def test_defaults_listen_on_this_machine_only():
+    args = get_args_parser().parse_args(["serve", "--weights", "fast"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+
+
+def test_missing_extra_gets_one_message(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    assert main(["serve", "--weights", "fast"]) == 2
+    assert capsys.readouterr().err == f"nin: error: nin serve needs the serve extra: {EXTRA}\n"
+    assert EXTRA == "pip install 'nin[serve]' (starlette, uvicorn and python-multipart)"
+
+
+def test_port_in_use_gets_one_message(port, capsys):
+    assert main(["serve", "--weights", "fast", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def browser_paths() -> tuple[str, str]:
+    """Debian's chromium and chromedriver (make installs them as root) and selenium (the dev extra); where
+    NIN_REQUIRE_BROWSER is set (CI), a missing one fails the test instead of skipping it."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        chromium = None
+    if not (chromium and driver):
+        missing = "chromium, chromedriver or selenium is missing (make test installs them, as root)"
+        if os.environ.get("NIN_REQUIRE_BROWSER"):
+            pytest.fail(f"NIN_REQUIRE_BROWSER is set but {missing}")
+        pytest.skip(missing)
+    return chromium, driver
+
+
+@pytest.mark.slow  # starts nin serve and a browser
+def test_the_page_in_a_real_browser(tmp_path, run):
+    chromium, driver_path = browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images, _ = nin.load_fashion_mnist("test")
+    (tmp_path / "boot.png").write_bytes(png(images[0]))
+    expected = run.predict(images[:1])[0]["top"][0]["class"]
+    server = subprocess.Popen([sys.executable, "-m", "nin", "serve", "--weights", "fast", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,860"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = None
+    try:
+        line = server.stdout.readline()  # serving fast on http://127.0.0.1:PORT/ (Ctrl-C stops)
+        url = re.search(r"http://\S+/", line)
+        assert url, f"nin serve did not start: {line}{server.stderr.read() if server.poll() is not None else ''}"
+        url = url.group(0)
+        browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+        browser.get(url)
+        wait = WebDriverWait(browser, 15)
+        wait.until(lambda b: b.find_element(By.ID, "model").text.startswith("Model fast"))
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "boot.png"))
+        wait.until(lambda b: b.find_element(By.ID, "status").text == "The answer for boot.png:")
+        assert browser.find_element(By.ID, "top1").text == expected
+        assert browser.execute_script("return document.getElementById('cam').naturalWidth") == 224
+        if os.environ.get("NIN_SERVE_SCREENSHOT"):  # docs/serve.png: NIN_SERVE_SCREENSHOT=docs/serve.png
+            browser.save_screenshot(os.environ["NIN_SERVE_SCREENSHOT"])
+
+        pad = browser.find_element(By.ID, "pad")  # a drawn stroke: light on black
+        ActionChains(browser).move_to_element_with_offset(pad, -60, -80).click_and_hold().move_by_offset(
+            120, 0).move_by_offset(0, 160).release().perform()  # fmt: skip
+        browser.find_element(By.ID, "classify").click()
+        wait.until(lambda b: b.find_element(By.ID, "status").text == "The answer for your drawing:")
+        assert browser.find_element(By.ID, "top1").text in run.classes
+
+        assert browser.execute_script("return window.ninErrors") == []
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        _, stderr = server.communicate(timeout=10)
+    assert "Traceback" not in stderr, stderr
