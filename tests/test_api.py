@@ -67,6 +67,7 @@ def test_examples_that_need_no_run_are_true(name):
     assert test.examples and runner.run(test).failed == 0
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_train_returns_the_run_it_wrote(tmp_path, capsys):
     run = nin.train("fast", out=tmp_path / "run", seed=3, **TINY)
     assert capsys.readouterr().out.startswith("preset fast: arch=nin-bn, width=16,")

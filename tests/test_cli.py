@@ -48,8 +48,7 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib" or m in ("nin.training.compare",
-                                                                                      "nin.models.classic")))
+print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib" or m == "nin.training.compare"))
 """
 
 
@@ -219,6 +218,7 @@ def test_module_and_console_script_agree():
     )
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_mnist_with_every_command_after_it(tmp_path, capsys):
     from nin.data.registry import load_split
 

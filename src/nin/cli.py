@@ -8,6 +8,7 @@ import argparse
 import ctypes
 import dataclasses
 import json
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,7 @@ from nin.api import DEFAULT_PRESET, Run, configure, load, load_weights
 from nin.config import DEVICES, FIELDS, Config, Recipe, field_types, load_preset, presets
 from nin.errors import NinError
 from nin.training.rundir import new_run_path
+from nin.training.runtime import teardown
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -197,22 +199,28 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     keep_freed_memory()
+    commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
+                "compare": compare, "report": report, "sweep": sweep, "export": export, "weights": weights,
+                "serve": serve}  # fmt: skip
+    code = 1  # an unexpected exception: its traceback is printed as Python does
     try:
-        commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
-                    "compare": compare, "report": report, "sweep": sweep, "export": export, "weights": weights,
-                    "serve": serve}  # fmt: skip
-        return commands[args.command](args)
+        code = commands[args.command](args)
     except (NinError, OSError) as e:  # OSError: a path that cannot be written or read
         print(f"nin: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("nin: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     finally:
-        if "torch.distributed" in sys.modules:  # a command that trained may have joined a process group
-            from nin.training.runtime import teardown
-
-            teardown()
+        left = "torch.distributed" in sys.modules and teardown(wait=code == 0)
+    if left:
+        # a torchrun worker exits at once after leaving its process group: the interpreter's shutdown could
+        # run gloo's C++ destructors and abort ("terminate called without an active exception"), turning a
+        # finished run into a failed job
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def keep_freed_memory() -> bool:

@@ -123,6 +123,7 @@ def test_a_truncated_or_foreign_archive_leaves_nothing_half_extracted(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["cifar-10-binary.tar.gz"]
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_training_and_every_command_after_it_on_cifar(tmp_path, monkeypatch):
     build_archive(tmp_path / "cifar", "cifar100", per_file=64, monkeypatch=monkeypatch)
     run = nin.train("fast", out=tmp_path / "run", data_dir=tmp_path / "cifar", dataset="cifar100", resize=32,

@@ -68,6 +68,7 @@ def test_what_is_not_a_known_network_gets_one_clear_error(trained_run, tmp_path)
         nin.load(path, resize=20)
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_path, capsys):
     """The exported ONNX model through onnxruntime: the logits of 1,000 real test images within 1e-4 of
     PyTorch's, the same predictions, any batch size, and the run's facts in the metadata."""

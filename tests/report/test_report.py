@@ -2,11 +2,14 @@
 
 import shutil
 
+import pytest
+
 from helpers import check_page
 from nin.api import load
 from nin.cli import main
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_report_of_a_run_with_class_maps(run_at_131, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_at_131, run)

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +14,7 @@ from nin.training.runtime import Runtime, local
 from nin.training.step import EpochState, train_step
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_compare_and_train_end_with_identical_weights(tmp_path, monkeypatch):
     real = compare_module.splits  # compare's data cut as --train-limit 256 --test-limit 100 cut nin train's
     limited = lambda config, data_dir: real(dataclasses.replace(config, train_limit=256, test_limit=100), data_dir)  # noqa: E731

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from nin.cli import main
 
 TINY = ["--arch", "nin-bn", "--width", "8", "--resize", "28", "--epochs", "1", "--batch-size", "64",
@@ -9,6 +11,7 @@ TINY = ["--arch", "nin-bn", "--width", "8", "--resize", "28", "--epochs", "1", "
         "--device", "cpu", "--precision", "fp32"]  # fmt: skip
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_sweep_prints_the_distribution_and_writes_every_run(tmp_path, capsys):
     assert main(["sweep", *TINY, "--lr", "0.1", "--seeds", "3", "--out", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out

@@ -60,6 +60,7 @@ def test_checkpoint_round_trip(trained_run):
     assert load_checkpoint(trained_run / "checkpoint.pt")["metrics"][-1]["epoch"] == 2
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_same_seed_same_run(tmp_path):
     config = Config(**{**SHORT, "epochs": 1, "train_limit": 256, "test_limit": 100})
     a = train(config, tmp_path / "a")
@@ -68,6 +69,7 @@ def test_same_seed_same_run(tmp_path):
     assert strip == [{k: v for k, v in m.items() if "sec" not in k} for m in b]
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 @pytest.mark.parametrize("hook, nth", [("sync", 1), ("evaluate_accuracy", 1), ("sync", 2)])
 def test_a_signal_at_an_epochs_end_stops_after_its_checkpoint(tmp_path, monkeypatch, hook, nth):
     """SIGTERM in an epoch's last step (sync) or in its evaluation: the epoch is finished and saved first,
@@ -170,6 +172,7 @@ def test_onecycle_warms_up_then_decays_to_zero():
         assert max(lrs) == pytest.approx(0.4) and min(lrs) > 0
 
 
+@pytest.mark.slow  # trains for seconds: the full suite, not the quick tier
 def test_nin_bn_with_the_new_ingredients_learns_and_reports_val_acc(tmp_path, capsys):
     # the ingredients of the fast preset on 2,048 images of 28x28 and a small width: seconds on a CPU
     config = Config(arch="nin-bn", width=16, resize=28, epochs=2, batch_size=64, lr=0.2, momentum=0.9,

@@ -152,10 +152,6 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
             # a signal in the epoch's last step or its evaluation: stop now that the epoch is saved
             if epoch + 1 < config.epochs and rt.all_sum(float(stop.signum > 0))[0]:
                 raise stop.stopped(f"after epoch {epoch + 1}", run.path)
-        # every rank leaves together, once rank 0 has written its last files: a rank that tears the process
-        # group down while another still talks to it can abort in gloo ("terminate called without an active
-        # exception"; seen once in 2-process CI runs)
-        rt.all_sum(0.0)
 
     last = history[-1]
     step_seconds = sum(len(train_iter.labels) / m["examples_per_sec"] for m in history)

@@ -178,8 +178,16 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def teardown() -> None:
-    """Leave the process group, if this process joined one. Exiting without it can abort a gloo rank
-    at interpreter shutdown ("terminate called without an active exception")."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(wait: bool = True) -> bool:
+    """Leave the process group, if this process joined one, with `wait` once every rank is here (rank 0 may
+    host the store the others still talk to); returns whether it left one. Without `wait` (this rank failed:
+    a peer may be dead or hung) it leaves at once."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if wait:
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - a peer that died meanwhile: leave anyway
+            pass
+    dist.destroy_process_group()
+    return True
