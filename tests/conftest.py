@@ -1,18 +1,11 @@
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import SHORT
 from nin.data.idx import IDX
 from nin.data.registry import BUNDLED
-
-# Under pytest-xdist (`make test` runs a worker per core), each worker computes on one thread: two workers of
-# two threads each would oversubscribe two cores. The processes that tests start keep torch's default.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
