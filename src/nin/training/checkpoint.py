@@ -85,6 +85,16 @@ def load_checkpoint(path: Path) -> dict:
     return _check(path, _read(path))
 
 
+def is_checkpoint(path: Path) -> bool:
+    """True if `path` is a checkpoint nin wrote, of any format version, even one whose contents were damaged
+    since (a run's to replace); False for a missing file or anything else."""
+    try:
+        state = _read(path) if path.is_file() else None
+    except NinError:
+        return False
+    return isinstance(state, dict) and str(state.get("format", "")).startswith("nin-checkpoint-")
+
+
 def read_model_state(path: Path, resize: int | None = None) -> dict:
     """What `nin.load` reads: a nin checkpoint, or a bare state_dict of the seed's `nn.Sequential` (the
     notebook's `torch.save(net.state_dict(), path)`) or of nin-bn, recognised by its keys and shapes. A
