@@ -267,7 +267,7 @@ def _resumed_config(run_dir: Path, preset: object, out: object, force: bool,
     state = load_checkpoint(checkpoint)
     config = from_dict(state["config"], source=str(checkpoint))
     config = from_dict({**config.to_dict(), "device": settings.get("device", config.device)}, source="settings")
-    return config, Spec.from_dict(state.get("data")).data_dir
+    return config, Spec.from_dict(state.get("data"), checkpoint).data_dir
 
 
 def build_model(name: str = "nin", resize: int = 224) -> nn.Module:

@@ -164,7 +164,7 @@ def model_from_state(state: dict, path: Path) -> tuple[NiN, Config, Spec]:
     """The trained network (in eval mode, on the CPU), the config it was trained with and its data's spec,
     from the contents of the checkpoint file `path` (named in errors)."""
     config = from_dict(state["config"], source=str(path))
-    spec = Spec.from_dict(state.get("data"))
+    spec = Spec.from_dict(state.get("data"), path)
     net = build(config.arch, config.dropout, config.width, spec.channels, len(spec.classes), config.normalize)
     try:
         net.load_state_dict(state["model"])

@@ -277,7 +277,7 @@ def _restore(run: RunDir, net: NiN, optimizer: torch.optim.Optimizer, rt: Runtim
     The data (`spec`) must be what the run trained on: the same classes, in the same order, and channels."""
     path = run.file("checkpoint")
     state = load_checkpoint(path)
-    theirs = Spec.from_dict(state.get("data"))
+    theirs = Spec.from_dict(state.get("data"), path)
     if (theirs.classes, theirs.channels) != (spec.classes, spec.channels):
         raise NinError(f"{path}: trained on {theirs.channels}-channel data of {len(theirs.classes)} classes "
                        f"({', '.join(theirs.classes[:10])}...), and the data now has {spec.channels} channel(s) and "
