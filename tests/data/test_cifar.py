@@ -14,6 +14,7 @@ from nin import data
 from nin.data.cifar import ARCHIVES
 from nin.data.registry import load_split
 from nin.errors import NinError
+from nin.training import step as step_module
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -121,6 +122,16 @@ def test_a_truncated_or_foreign_archive_leaves_nothing_half_extracted(tmp_path, 
     with pytest.raises(NinError, match="5 bytes is not a whole number of cifar10 records of 3073 bytes"):
         load_split("cifar10", "train", tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["cifar-10-binary.tar.gz"]
+
+
+def test_a_divergence_on_cifar100_names_its_chance_level(tmp_path, monkeypatch):
+    """The chance level of 100 classes is ln(100) = 4.61, not Fashion-MNIST's ln(10) = 2.30."""
+    build_archive(tmp_path / "cifar", "cifar100", monkeypatch=monkeypatch)
+    real = step_module.F.cross_entropy
+    monkeypatch.setattr(step_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 50)
+    with pytest.raises(NinError, match=r"loss jumped to \d+\.\d \(chance level is ln\(100\) = 4\.61\) at epoch 1"):
+        nin.train("fast", out=tmp_path / "run", data_dir=tmp_path / "cifar", dataset="cifar100", resize=32, width=4,
+                  epochs=1, device="cpu", precision="fp32")  # fmt: skip
 
 
 def test_training_and_every_command_after_it_on_cifar(tmp_path, monkeypatch):

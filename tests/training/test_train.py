@@ -189,7 +189,8 @@ def test_a_loss_explosion_stops_the_run_before_it_turns_nan(tmp_path, monkeypatc
     real = step_module.F.cross_entropy
     monkeypatch.setattr(step_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 50)  # about 115 x batch
     config = Config(**{**SHORT, "epochs": 1, "train_limit": 256, "test_limit": 100})
-    with pytest.raises(NinError, match=r"loss jumped to \d+\.\d \(chance level is 2.30\) at epoch 1, step 1"):
+    message = r"loss jumped to \d+\.\d \(chance level is ln\(10\) = 2\.30\) at epoch 1, step 1"
+    with pytest.raises(NinError, match=message):
         train(config, tmp_path)
 
 

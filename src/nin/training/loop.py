@@ -201,7 +201,7 @@ def _train_epoch(loop: _Loop, epoch: int, first_step: int, state: EpochState) ->
                 kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint.exists()
                         else "no checkpoint had been written yet")  # fmt: skip
                 raise diverged(loss.item(), f"at epoch {epoch + 1}, step {step + 1}", kept, config.lr,
-                               config.schedule == "onecycle")  # fmt: skip
+                               config.schedule == "onecycle", len(loop.spec.classes))  # fmt: skip
             bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen:.3f}",
                             acc=f"{state.correct.item() / state.seen:.3f}",
                             img_s=f"{state.seen / state.seconds:.0f}", refresh=False)  # fmt: skip
