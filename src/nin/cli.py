@@ -43,9 +43,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
-    p.add_argument("--force", action="store_true", help="replace the run in a non-empty --out (its files are removed)")
-    p.add_argument("--auto-resume", action="store_true", help="continue the unfinished run with these settings in "
-                   "--out, or start it if --out holds none (for torchrun --max-restarts)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace the nin run in a non-empty --out (its files are "
+                   "removed)")  # fmt: skip
+    p.add_argument("--auto-resume", action="store_true", help="continue the run with these settings in --out (a "
+                   "finished one: nothing to do), or start it if --out holds none (for torchrun "
+                   "--max-restarts)")  # fmt: skip
     _add_data_dir(p)
 
     p = commands.add_parser(
