@@ -90,7 +90,7 @@ def is_checkpoint(path: Path) -> bool:
     since (a run's to replace); False for a missing file or anything else."""
     try:
         state = _read(path) if path.is_file() else None
-    except NinError:
+    except Exception:  # NinError, or whatever else a foreign or damaged file makes the unpickler raise
         return False
     return isinstance(state, dict) and str(state.get("format", "")).startswith("nin-checkpoint-")
 
