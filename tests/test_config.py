@@ -88,6 +88,16 @@ def test_from_dict_names_the_source():
         from_dict({"colour": 1}, source="ckpt")
 
 
+def test_sizes_have_an_upper_limit():
+    """image_size (a folder's decoded size, cached in memory) and resize are bounded like any other setting."""
+    for name in ("image_size", "resize"):
+        assert getattr(Config(**{name: 1024}), name) == 1024
+        with pytest.raises(NinError, match=f"^{name} 1000000 is larger than 1024, the most nin takes"):
+            Config(**{name: 10**6})
+    with pytest.raises(NinError, match="image_size 4096 is larger than 1024"):
+        from_dict({"image_size": 4096}, source="settings")
+
+
 @dataclasses.dataclass(frozen=True)
 class Extended(Config):
     """Config with the kinds of field a later feature may add."""

@@ -206,9 +206,9 @@ def train(preset: str | os.PathLike | Config | None = None, out: str | Path | No
     """Train a preset (by name, default fast), a TOML or JSON config file (a Path) or a `Config`, with
     `settings` on top as `nin train`'s flags put them, into the run directory `out` (default
     runs/<preset>-<date>-<time>; with `force`, the run in it is replaced); or continue the interrupted run
-    in the directory `resume`; with `auto_resume`, continue the unfinished run with these settings in
-    `out`, or start it there if `out` holds none (what torchrun's restarts need). Returns the trained run
-    (under torchrun, on rank 0; the other ranks get None).
+    in the directory `resume`; with `auto_resume`, continue the run with these settings in `out` (a
+    finished one is only completed), or start it there if `out` holds none (what torchrun's restarts
+    need). Returns the trained run (under torchrun, on rank 0; the other ranks get None).
 
     >>> run = nin.train("fast", out="runs/fast", epochs=2, seed=1)
     >>> run = nin.train(nin.load_preset("d2l"), train_limit=10_000, epochs=1)
@@ -267,7 +267,7 @@ def _resumed_config(run_dir: Path, preset: object, out: object, force: bool,
     state = load_checkpoint(checkpoint)
     config = from_dict(state["config"], source=str(checkpoint))
     config = from_dict({**config.to_dict(), "device": settings.get("device", config.device)}, source="settings")
-    return config, Spec.from_dict(state.get("data")).data_dir
+    return config, Spec.from_dict(state.get("data"), checkpoint).data_dir
 
 
 def build_model(name: str = "nin", resize: int = 224) -> nn.Module:

@@ -45,16 +45,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
-    p.add_argument("--force", action="store_true", help="replace the run in a non-empty --out (its files are removed)")
-    p.add_argument("--auto-resume", action="store_true", help="continue the unfinished run with these settings in "
-                   "--out, or start it if --out holds none (for torchrun --max-restarts)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="replace the nin run in a non-empty --out (its files are "
+                   "removed)")  # fmt: skip
+    p.add_argument("--auto-resume", action="store_true", help="continue the run with these settings in --out (a "
+                   "finished one: nothing to do), or start it if --out holds none (for torchrun "
+                   "--max-restarts)")  # fmt: skip
     _add_data_dir(p)
 
     p = commands.add_parser(
         "sweep",
         help="train one recipe with seeds 0..N-1: how reliably does it converge?",
         description="Settings as for train. Prints each seed's test accuracy, then min/median/max and the "
-        "number of failed runs (diverged, or test accuracy under 0.5); writes sweep.json to --out.",
+        "number of failed runs (diverged, or test accuracy under 5 x chance: 0.5 for 10 classes); writes "
+        "sweep.json to --out.",
     )
     _add_config_flags(p)
     p.add_argument("--seeds", type=int, default=20, help="how many seeds, from 0 (default 20)")
@@ -299,7 +302,7 @@ def sweep(args: argparse.Namespace) -> int:
         print(f"test accuracy over {args.seeds} seeds: min {result['min']:.4f}, median {result['median']:.4f}, "
               f"max {result['max']:.4f}")  # fmt: skip
     print(f"failed runs: {result['failed']} of {args.seeds} (diverged, or test accuracy under "
-          f"{result['failed_below']}); {out / 'sweep.json'}")  # fmt: skip
+          f"{result['failed_below']:.3g}); {out / 'sweep.json'}")  # fmt: skip
     return 0
 
 

@@ -4,16 +4,21 @@ the real ones): parsing, checksum, download, atomic extraction, and training on 
 import dataclasses
 import hashlib
 import io
+import os
 import tarfile
+import threading
+import time
 
 import pytest
 import torch
 
 import nin
 from nin import data
+from nin.data import cifar
 from nin.data.cifar import ARCHIVES
 from nin.data.registry import load_split
 from nin.errors import NinError
+from nin.training import step as step_module
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -79,6 +84,58 @@ def test_download_verifies_and_extracts(tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "cifar-10-binary.tar.gz").read_bytes() == expected["blob"]
 
 
+def test_processes_at_once_download_once(tmp_path, monkeypatch, capsys):
+    """Two at once on one folder (torchrun's ranks; threads here, each with its own lock file descriptor as a
+    process has): one downloads and extracts, the other waits and reads its files."""
+    mirror = tmp_path / "mirror"
+    expected = build_archive(mirror, "cifar10", monkeypatch=monkeypatch)
+    monkeypatch.setenv("NIN_DATA_MIRROR", mirror.as_uri())
+    downloads, real = [], cifar.fetch
+
+    def slow_fetch(*args):
+        downloads.append(args[0])
+        time.sleep(0.5)  # long enough for the other to arrive while this one downloads
+        return real(*args)
+
+    monkeypatch.setattr(cifar, "fetch", slow_fetch)
+    start, results = threading.Barrier(2), []
+
+    def load() -> None:
+        start.wait()
+        results.append(load_split("cifar10", "test", tmp_path / "cache"))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(downloads) == 1 and len(results) == 2
+    assert all(torch.equal(r.images, expected["test"][1]) for r in results)
+    assert "waiting for another process to download and extract cifar-10-binary.tar.gz" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
+
+
+def test_what_a_killed_extraction_left_is_removed_and_no_live_one_is_touched(tmp_path, monkeypatch):
+    """Temporary folders have names of their own: one named by this pid (another machine's, sharing the folder)
+    is not this process's to remove while in use; one untouched for an hour (a SIGKILL's) is removed."""
+    build_archive(tmp_path, "cifar10", monkeypatch=monkeypatch)
+    live, dead = tmp_path / f".cifar-10-batches-bin.{os.getpid()}.partial", tmp_path / ".cifar-10-batches-bin.7.partial"
+    dead_file = tmp_path / ".cifar-10-binary.tar.gz.7.1234abcd.tmp"  # a download killed while being saved
+    for folder in (live, dead):
+        folder.mkdir()
+        (folder / "data_batch_1.bin").write_bytes(b"half")
+    dead_file.write_bytes(b"half")
+    hour_ago = time.time() - 3700
+    for path in (dead, dead_file):
+        os.utime(path, (hour_ago, hour_ago))
+    load_split("cifar10", "train", tmp_path)
+    assert not dead.exists() and not dead_file.exists()
+    assert (live / "data_batch_1.bin").read_bytes() == b"half"
+    os.utime(live, (hour_ago, hour_ago))  # later, once it is stale: the next use removes it
+    load_split("cifar10", "test", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
+
+
 def test_a_foreign_download_is_not_saved(tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     build_archive(mirror, "cifar10")  # the real table: size and MD5 of the real archive do not match
@@ -121,6 +178,16 @@ def test_a_truncated_or_foreign_archive_leaves_nothing_half_extracted(tmp_path, 
     with pytest.raises(NinError, match="5 bytes is not a whole number of cifar10 records of 3073 bytes"):
         load_split("cifar10", "train", tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["cifar-10-binary.tar.gz"]
+
+
+def test_a_divergence_on_cifar100_names_its_chance_level(tmp_path, monkeypatch):
+    """The chance level of 100 classes is ln(100) = 4.61, not Fashion-MNIST's ln(10) = 2.30."""
+    build_archive(tmp_path / "cifar", "cifar100", monkeypatch=monkeypatch)
+    real = step_module.F.cross_entropy
+    monkeypatch.setattr(step_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 50)
+    with pytest.raises(NinError, match=r"loss jumped to \d+\.\d \(chance level is ln\(100\) = 4\.61\) at epoch 1"):
+        nin.train("fast", out=tmp_path / "run", data_dir=tmp_path / "cifar", dataset="cifar100", resize=32, width=4,
+                  epochs=1, device="cpu", precision="fp32")  # fmt: skip
 
 
 @pytest.mark.slow  # trains for seconds: the full suite, not the quick tier

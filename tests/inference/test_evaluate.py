@@ -1,10 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from nin.api import load
+from nin.cli import main
 from nin.data.batches import Batches, resize
 from nin.data.images import load_image
 from nin.data.registry import load_fashion_mnist
@@ -12,6 +14,8 @@ from nin.data.types import CLASS_NAMES, Spec
 from nin.errors import NinError
 from nin.inference.evaluate import confusion_matrix
 from nin.training.step import evaluate_accuracy
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "v0.1.0" / "run"
 
 
 def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
@@ -120,6 +124,26 @@ def test_a_checkpoint_from_before_datasets_is_fashion_mnist(trained_run, tmp_pat
     assert old.spec.dataset == "fashion-mnist" and old.classes == CLASS_NAMES
     assert old.evaluate(test_limit=100, plot=tmp_path / "c.png")["test_acc"] == load(trained_run).evaluate(
         test_limit=100, plot=tmp_path / "d.png")["test_acc"]  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", ["data", "config"])
+def test_a_checkpoint_from_a_newer_nin_is_one_clear_error(tmp_path, capsys, entry):
+    """A key this nin does not know (a newer nin's setting, or a new field of the data's spec) is one error
+    naming the file and the key, from nin.load, nin evaluate and nin train --resume; not a TypeError."""
+    from nin.training.checkpoint import digest
+
+    state = torch.load(FIXTURE / "checkpoint.pt", weights_only=True)  # a small run of nin 0.1.0
+    state[entry]["crop_size"] = 24
+    state["sha256"] = digest(state)
+    newer = tmp_path / "run" / "checkpoint.pt"
+    newer.parent.mkdir()
+    torch.save(state, newer)
+    with pytest.raises(NinError, match=f"{newer}: .*crop_size"):
+        load(newer)
+    for args in (["evaluate", str(newer)], ["train", "--resume", str(newer.parent)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"nin: error: {newer}: ") and "crop_size" in err
 
 
 def test_a_bare_state_dict_of_colour_data_predicts_but_cannot_be_tested(tmp_path):

@@ -90,6 +90,19 @@ def test_unknown_name_lists_the_names(capsys):
     assert "choose from fast" in capsys.readouterr().err
 
 
+def test_a_name_outside_the_weights_folder_reads_nothing_there(tmp_path, monkeypatch, capsys):
+    """--weights ../x must not read an x.json beside the weights folder (nor anywhere else)."""
+    weights = tmp_path / "weights"
+    shutil.copytree(shipped.WEIGHTS_DIR, weights)
+    shutil.copy(weights / "fast.json", tmp_path / "x.json")  # a card that would load, one folder up
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", weights)
+    for name in ("../x", str(tmp_path / "x"), "fast.json", ""):
+        with pytest.raises(nin.NinError, match=f"no shipped weights named {name!r}; choose from fast"):
+            nin.load_weights(name)
+    assert main(["evaluate", "--weights", "../x"]) == 2
+    assert "no shipped weights named '../x'" in capsys.readouterr().err
+
+
 def test_nin_weights_lists_the_cards(fast, capsys):
     assert main(["weights"]) == 0
     out = capsys.readouterr().out

@@ -3,6 +3,7 @@ nodes; a killed worker is restarted and resumes by itself; SyncBatchNorm; a hung
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,6 +193,27 @@ def test_a_killed_worker_is_restarted_and_the_run_resumes_by_itself(elastic_refe
     assert [s["elastic_restart"] for s in sessions] == [0, 1]
     assert sessions[0]["status"] in ("died", "failed") and sessions[1]["status"] == "finished"
     assert sessions[1]["epochs_after"] == 2 and "resuming after epoch" in stdout
+
+
+def test_a_restart_after_the_last_checkpoint_ends_0_and_completes_the_run(elastic_reference, tmp_path):
+    """A crash between the last checkpoint and the metrics.jsonl / curves.png writes: the job's restart (the
+    same command, --auto-resume) finds a finished run, says so once, writes those files from the checkpoint
+    and ends 0; the checkpoint is untouched and the run record gains a session that trained nothing."""
+    out = tmp_path / "run"
+    shutil.copytree(elastic_reference, out)
+    metrics = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text(metrics.splitlines(keepends=True)[0])
+    (out / "curves.png").unlink()
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+    agent = elastic(out, "--max-restarts=0")
+    stdout, stderr = agent.communicate(timeout=300)
+    assert agent.returncode == 0, stderr[-3000:]
+    assert stdout.count("has finished all 3 epochs: nothing left to train") == 1, stdout
+    assert "wrote metrics.jsonl and curves.png from the checkpoint" in stdout and "training on" not in stdout
+    assert (out / "metrics.jsonl").read_text() == metrics and (out / "curves.png").stat().st_size > 0
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint
+    last = json.loads((out / "run.json").read_text())["sessions"][-1]
+    assert (last["status"], last["epochs_before"], last["epochs_after"], last["world_size"]) == ("finished", 3, 3, 2)
 
 
 def test_sigterm_stops_every_rank_with_a_checkpoint_and_the_run_goes_on_later(elastic_reference, tmp_path):

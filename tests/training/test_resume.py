@@ -95,7 +95,7 @@ def test_sigterm_and_sigint_stop_gracefully_with_a_checkpoint(tmp_path, referenc
 def test_resume_a_finished_run_does_nothing(reference, capsys):
     before = (reference / "checkpoint.pt").read_bytes()
     assert main(["train", "--resume", str(reference)]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    assert "has finished all 2 epochs: nothing left to train" in capsys.readouterr().out
     assert (reference / "checkpoint.pt").read_bytes() == before
 
 

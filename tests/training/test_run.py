@@ -21,21 +21,34 @@ TINY = ["train", "--preset", "quick", "--epochs", "1", "--resize", "67", "--trai
         "--device", "cpu", "--precision", "fp32"]  # fmt: skip
 
 
-def old_run(path: Path) -> None:
-    """A folder holding every file a run can have (as if trained, evaluated, compared and reported), and a
-    file of the user's own."""
+def died_in_its_first_step(path: Path) -> None:
+    """The run record of a run killed before its first checkpoint, as nin writes it."""
+    with pytest.raises(KeyboardInterrupt), RunDir(path).session("fp32", 1, "cpu", []):
+        raise KeyboardInterrupt
+
+
+def old_run(path: Path) -> dict[str, bytes]:
+    """A folder holding every file a run can have (as if trained, evaluated, compared and reported; its run
+    record a real one), and a file of the user's own. Returns the folder's contents."""
     path.mkdir()
-    for name, _ in FILES.values():
-        (path / name).write_text("old")
+    for key, (name, _) in FILES.items():
+        if key != "record":
+            (path / name).write_text("old")
+    died_in_its_first_step(path)
     (path / "notes.txt").write_text("mine")
+    return contents(path)
+
+
+def contents(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.iterdir()}
 
 
 def test_force_replaces_every_file_of_the_old_run_and_keeps_the_users(tmp_path, capsys):
     run = tmp_path / "run"
-    old_run(run)
+    before = old_run(run)
     assert main([*TINY, "--out", str(run)]) == 2
     assert "already exists and is not empty" in capsys.readouterr().err
-    assert all((run / name).read_text() == "old" for name, _ in FILES.values())  # refused: nothing touched
+    assert contents(run) == before  # refused: nothing touched
 
     assert main([*TINY, "--out", str(run), "--force"]) == 0
     kept = {"checkpoint.pt", "config.json", "curves.png", "metrics.jsonl", "run.json", "notes.txt"}
@@ -50,10 +63,42 @@ def test_force_replaces_every_file_of_the_old_run_and_keeps_the_users(tmp_path, 
 @pytest.mark.parametrize("bad", [["--resize", "20"], ["--data-dir", "nowhere"]])
 def test_force_with_bad_settings_or_data_removes_nothing(tmp_path, capsys, bad):
     run = tmp_path / "run"
-    old_run(run)
+    before = old_run(run)
     assert main([*TINY, "--out", str(run), "--force", *bad]) == 2
     assert "nin: error:" in capsys.readouterr().err
-    assert all((run / name).read_text() == "old" for name, _ in FILES.values())
+    assert contents(run) == before
+
+
+def test_force_refuses_a_folder_that_holds_no_nin_run(tmp_path, capsys):
+    """The issue's try: a folder with the user's own config.json and report.html is not a run to replace."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "settings"}')
+    (folder / "report.html").write_text("<p>my report</p>")
+    before = contents(folder)
+    assert main([*TINY, "--out", str(folder), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nin: error:") and "holds no nin run" in err and "choose another --out" in err
+    assert contents(folder) == before
+    # files named as a run's but not nin's: a run.json that is no run record, a checkpoint.pt of another program
+    for record, checkpoint in (("{}", b"not torch"), ('{"sessions": []}', b""), ("[1]", None), ("{", None)):
+        (folder / "run.json").write_text(record)
+        if checkpoint is not None:
+            (folder / "checkpoint.pt").write_bytes(checkpoint)
+        else:
+            torch.save({"model": {}}, folder / "checkpoint.pt")
+        before = contents(folder)
+        with pytest.raises(NinError, match="holds no nin run"):
+            RunDir.for_new_run(folder, force=True)
+        assert contents(folder) == before
+
+
+def test_force_replaces_a_run_that_died_before_its_first_checkpoint(tmp_path):
+    died_in_its_first_step(tmp_path)  # a run.json and nothing else: still a nin run
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    RunDir.for_new_run(tmp_path, force=True).clear()
+    assert contents(tmp_path) == {"notes.txt": b"mine"}
 
 
 def test_run_record_has_a_session_per_process_that_worked_on_the_run(tmp_path, monkeypatch):

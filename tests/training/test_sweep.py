@@ -5,6 +5,7 @@ import json
 import pytest
 
 from nin.cli import main
+from nin.training.sweep import failed_below
 
 TINY = ["--arch", "nin-bn", "--width", "8", "--resize", "28", "--epochs", "1", "--batch-size", "64",
         "--momentum", "0.9", "--init", "kaiming", "--dropout", "0", "--train-limit", "1024", "--test-limit", "200",
@@ -44,3 +45,9 @@ def test_a_run_below_half_accuracy_counts_as_failed(tmp_path, capsys):
     assert "seed 0: failed" in out and "failed runs: 1 of 1" in out
     assert main(["sweep", *TINY, "--seeds", "0", "--out", str(tmp_path / "t")]) == 2
     assert "--seeds 0: give the number of seeds" in capsys.readouterr().err
+
+
+def test_the_failure_threshold_is_5_x_chance_and_above_chance_for_few_classes():
+    assert failed_below(10) == 0.5 and failed_below(100) == 0.05  # Fashion-MNIST and CIFAR-10; CIFAR-100
+    assert failed_below(2) == 0.75 and failed_below(4) == 0.625  # 5 x chance is out of reach: halfway to 1
+    assert all(1 / c < failed_below(c) < 1 for c in range(2, 1000))

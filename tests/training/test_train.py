@@ -192,13 +192,15 @@ def test_a_loss_explosion_stops_the_run_before_it_turns_nan(tmp_path, monkeypatc
     real = step_module.F.cross_entropy
     monkeypatch.setattr(step_module.F, "cross_entropy", lambda *a, **k: real(*a, **k) * 50)  # about 115 x batch
     config = Config(**{**SHORT, "epochs": 1, "train_limit": 256, "test_limit": 100})
-    with pytest.raises(NinError, match=r"loss jumped to \d+\.\d \(chance level is 2.30\) at epoch 1, step 1"):
+    message = r"loss jumped to \d+\.\d \(chance level is ln\(10\) = 2\.30\) at epoch 1, step 1"
+    with pytest.raises(NinError, match=message):
         train(config, tmp_path)
 
 
-def test_auto_resume_starts_continues_and_refuses(tmp_path, monkeypatch):
+def test_auto_resume_starts_continues_completes_and_refuses(tmp_path, monkeypatch, capsys):
     """--auto-resume (what torchrun's restarts need): nothing there -> start; an unfinished run with these
-    settings -> continue exactly; a finished run, or other settings -> one clear error."""
+    settings -> continue exactly; other settings -> one clear error; a finished run -> a success that says
+    so, and writes the metrics.jsonl and curves.png a crash after its last checkpoint left out."""
     config = Config(**{**SHORT, "train_limit": 64, "test_limit": 100})
     reference = train(config, tmp_path / "reference")
     run = tmp_path / "run"
@@ -209,8 +211,21 @@ def test_auto_resume_starts_continues_and_refuses(tmp_path, monkeypatch):
     strip = lambda h: [{k: v for k, v in m.items() if "sec" not in k} for m in h]  # noqa: E731
     assert strip(history) == strip(reference)
     assert all(torch.equal(a, b) for a, b in zip(weights(run), weights(tmp_path / "reference")))
-    with pytest.raises(NinError, match="holds a finished run"):
-        train(config, run, auto_resume=True)
+    metrics = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(metrics.splitlines(keepends=True)[0])  # killed after the last checkpoint
+    (run / "curves.png").unlink()
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert train(config, run, auto_resume=True) == history
+    out = capsys.readouterr().out
+    assert "has finished all 2 epochs: nothing left to train" in out and "training on" not in out
+    assert "wrote metrics.jsonl and curves.png from the checkpoint" in out
+    assert (run / "metrics.jsonl").read_text() == metrics and (run / "curves.png").stat().st_size > 0
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
+    last = RunDir(run).record()["sessions"][-1]
+    assert (last["status"], last["epochs_before"], last["epochs_after"]) == ("finished", 2, 2)
+    train(config, run, auto_resume=True)  # nothing missing: nothing written
+    assert "wrote" not in capsys.readouterr().out
 
 
 def test_auto_resume_restarts_a_run_that_died_before_its_first_checkpoint(tmp_path, monkeypatch):
@@ -229,6 +244,13 @@ def test_auto_resume_restarts_a_run_that_died_before_its_first_checkpoint(tmp_pa
     with pytest.raises(NinError, match="not empty"):
         train(config, other, auto_resume=True)
     assert [p.name for p in other.iterdir()] == ["mine.txt"]
+    # the user's own config.json (even one with these settings) and report.html, no run record: not a run
+    (other / "config.json").write_text(json.dumps(config.to_dict()))
+    (other / "report.html").write_text("mine")
+    with pytest.raises(NinError, match="holds no nin run"):
+        train(config, other, auto_resume=True)
+    assert sorted(p.name for p in other.iterdir()) == ["config.json", "mine.txt", "report.html"]
+    assert (other / "report.html").read_text() == "mine"
 
 
 def weights(run) -> list:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import tarfile
+import tempfile
+import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ class Archive:
 
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+STALE = 3600  # seconds: a temporary folder or file of an extraction or download untouched this long was left by a kill
 RECORD = 3 * 32 * 32  # each image: 1024 red, 1024 green, 1024 blue bytes, each a 32x32 row-major plane
 ARCHIVES = {
     "cifar10": Archive("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", 170_052_171,
@@ -45,6 +51,7 @@ def load_cifar(name: str, folder: Path, split: str) -> Dataset:
     """One split of CIFAR-10/100, extracted from the official binary archive in `folder` on first use."""
     a = ARCHIVES[name]
     extracted = folder / a.folder
+    _remove_stale(folder, a)
     if not extracted.is_dir():
         extract(name, folder)
     records = []
@@ -78,7 +85,19 @@ def _class_names(path: Path) -> tuple[str, ...]:
 
 def extract(name: str, folder: Path) -> Path:
     """Download `name`'s archive into `folder` if missing, check its size and MD5, and extract the files nin
-    reads into `folder`/<its folder>, atomically: into a temporary folder renamed into place once complete."""
+    reads into `folder`/<its folder>, atomically: into a temporary folder renamed into place once complete.
+    One process per folder does it (a lock file): the other torchrun ranks, or another job on the same
+    folder, wait for it and then use its files."""
+    a = ARCHIVES[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    waiting = f"waiting for another process to download and extract {a.file} in {folder}"
+    with _one_at_a_time(folder / f".{a.file}.lock", waiting):
+        if not (folder / a.folder).is_dir():  # else another process extracted it while this one waited
+            _download_and_extract(name, folder)
+    return folder / a.folder
+
+
+def _download_and_extract(name: str, folder: Path) -> None:
     a = ARCHIVES[name]
     archive = folder / a.file
     url = mirror(CIFAR_URL) + a.file
@@ -90,15 +109,13 @@ def extract(name: str, folder: Path) -> Path:
             raise NinError(f"{e}. Download {url} on a machine that can, and put it in {folder} (or point --data-dir "
                            f"at a folder that has it; NIN_DATA_DIR: one with a {name}/ folder).") from None  # fmt: skip
         _check_archive(name, data, url, "nothing was saved; try again later or download it by hand")
-        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(archive, data)
     else:
         fix = f"delete it and run again, or put the official {a.file} there"
         _check_archive(name, archive.read_bytes(), archive, fix)
-    tmp = folder / f".{a.folder}.{os.getpid()}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a name of its own (not the pid: two nodes sharing the folder can have the same pid)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{a.folder}.", suffix=".partial", dir=folder))
     try:
-        tmp.mkdir(parents=True)
         with tarfile.open(archive, "r:gz") as tar:
             # only the known member names, written by us: nothing in the archive chooses a path
             for file in (*a.splits["train"], *a.splits["test"], a.names):
@@ -112,7 +129,7 @@ def extract(name: str, folder: Path) -> Path:
                     _records(name, (tmp / file).read_bytes(), archive / member.name)
         try:
             os.replace(tmp, folder / a.folder)
-        except OSError:  # another process (a torchrun rank) extracted it first: theirs is as good
+        except OSError:  # another process extracted it first (where the folder cannot be locked): theirs is as good
             if not (folder / a.folder).is_dir():
                 raise
     except (tarfile.TarError, EOFError, zlib.error, KeyError) as e:
@@ -120,7 +137,62 @@ def extract(name: str, folder: Path) -> Path:
                        f"download {url} again. Nothing was extracted.") from None  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder / a.folder
+
+
+def _remove_stale(folder: Path, a: Archive) -> None:
+    """Remove what a killed extraction or download left behind: its temporary folder or file, untouched for
+    `STALE` seconds (one in use, even by another machine sharing the folder, is younger)."""
+    for path in (*folder.glob(f".{a.folder}.*.partial"), *folder.glob(f".{a.file}.*.tmp")):
+        try:
+            if time.time() - path.stat().st_mtime > STALE:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except OSError:
+            pass  # another process removed it first
+
+
+@contextmanager
+def _one_at_a_time(path: Path, waiting: str) -> Iterator[None]:
+    """Run the block holding an exclusive lock on the lock file `path`; another process that wants it says
+    `waiting` and waits. The file is removed on leaving: a waiter then holding the removed file takes the
+    new one. Where the file system has no locks, the block runs unlocked."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not _lock(fd, waiting) or _names(path, fd):
+                try:
+                    yield
+                finally:
+                    path.unlink(missing_ok=True)
+                return
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, waiting: str) -> bool:
+    """Lock the open file `fd` (flock, exclusive), waiting while another process holds it; False where the
+    file system has no locks."""
+    import fcntl  # POSIX
+
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        return False
+    return True
+
+
+def _names(path: Path, fd: int) -> bool:
+    """True if `path` is still the file open as `fd` (not removed, nor replaced by a new one)."""
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _check_archive(name: str, data: bytes, source: object, fix: str) -> None:

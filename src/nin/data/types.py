@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -77,9 +77,13 @@ class Spec:
         return data.with_channels(self.channels)
 
     @staticmethod
-    def from_dict(values: dict | None) -> Spec:
-        """A checkpoint's `data` entry; checkpoints from before datasets existed are Fashion-MNIST."""
+    def from_dict(values: dict | None, source: object) -> Spec:
+        """A checkpoint's `data` entry (`source` names the checkpoint in errors); checkpoints from before
+        datasets existed are Fashion-MNIST."""
         values = dict(values or {})
+        if unknown := sorted(set(values) - {f.name for f in fields(Spec)}):
+            raise NinError(f"{source}: its data entry has {', '.join(map(repr, unknown))}, which this nin does not "
+                           "know: it was written by a newer nin; upgrade nin to read it")  # fmt: skip
         return Spec(**{**values, "classes": tuple(values.get("classes", CLASS_NAMES))})
 
     def to_dict(self) -> dict:

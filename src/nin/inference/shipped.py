@@ -27,9 +27,9 @@ def names() -> list[str]:
 
 
 def card(name: str) -> dict:
-    """The model card of the shipped weights `name`."""
+    """The model card of the shipped weights `name`: one of `names()`, so that no other path is ever read."""
     path = WEIGHTS_DIR / f"{name}.json"
-    if not path.is_file():
+    if name not in names():
         raise NinError(f"no shipped weights named {name!r}; choose from {', '.join(names()) or 'none'} "
                        "(`nin weights` shows their model cards)")  # fmt: skip
     return json.loads(path.read_text())

@@ -85,6 +85,16 @@ def load_checkpoint(path: Path) -> dict:
     return _check(path, _read(path))
 
 
+def is_checkpoint(path: Path) -> bool:
+    """True if `path` is a checkpoint nin wrote, of any format version, even one whose contents were damaged
+    since (a run's to replace); False for a missing file or anything else."""
+    try:
+        state = _read(path) if path.is_file() else None
+    except Exception:  # NinError, or whatever else a foreign or damaged file makes the unpickler raise
+        return False
+    return isinstance(state, dict) and str(state.get("format", "")).startswith("nin-checkpoint-")
+
+
 def read_model_state(path: Path, resize: int | None = None) -> dict:
     """What `nin.load` reads: a nin checkpoint, or a bare state_dict of the seed's `nn.Sequential` (the
     notebook's `torch.save(net.state_dict(), path)`) or of nin-bn, recognised by its keys and shapes. A
@@ -154,7 +164,7 @@ def model_from_state(state: dict, path: Path) -> tuple[NiN, Config, Spec]:
     """The trained network (in eval mode, on the CPU), the config it was trained with and its data's spec,
     from the contents of the checkpoint file `path` (named in errors)."""
     config = from_dict(state["config"], source=str(path))
-    spec = Spec.from_dict(state.get("data"))
+    spec = Spec.from_dict(state.get("data"), path)
     net = build(config.arch, config.dropout, config.width, spec.channels, len(spec.classes), config.normalize)
     try:
         net.load_state_dict(state["model"])

@@ -10,8 +10,9 @@ import torch
 
 from nin.errors import NinError
 
-CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over 10 classes
-EXPLODED = 10 * CHANCE_LOSS  # a batch this far below chance is not learning but blowing up
+# a batch loss above 10x the chance level of 10 classes (ln 10, a uniform guess's cross-entropy) is not
+# learning but blowing up; fixed, so that it is the same for any dataset (ln 100 is still 5 times below it)
+EXPLODED = 10 * math.log(10)
 
 
 class Diverged(NinError):
@@ -64,8 +65,10 @@ def at_chance(loss: float, classes: int = 10) -> bool:
     return abs(loss - math.log(classes)) < 0.02
 
 
-def diverged(loss: float, where: str, kept: str, lr: float, onecycle: bool) -> Diverged:
-    what = f"became {loss}" if not math.isfinite(loss) else f"jumped to {loss:.1f} (chance level is {CHANCE_LOSS:.2f})"
+def diverged(loss: float, where: str, kept: str, lr: float, onecycle: bool, classes: int) -> Diverged:
+    """The error of a run whose loss blew up `where` on data of `classes` classes."""
+    chance = f"chance level is ln({classes}) = {math.log(classes):.2f}"
+    what = f"became {loss}" if not math.isfinite(loss) else f"jumped to {loss:.1f} ({chance})"
     return Diverged(
         f"training diverged: the loss {what} {where}; {kept}. Try a lower learning rate, e.g. --lr {lr / 2:g}"
         + (", or a longer --warmup." if onecycle else ".")

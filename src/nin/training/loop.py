@@ -72,8 +72,9 @@ class _Loop:
 def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: bool = False,
           force: bool = False, auto_resume: bool = False) -> list[dict]:  # fmt: skip
     """Train NiN as `config` says into the run directory `out_dir` (a new one, or with `force` a
-    replaced one), or continue the run there (`resume`; with `auto_resume`, if it holds an unfinished
-    run with these settings, else start one); returns the per-epoch metrics."""
+    replaced one), or continue the run there (`resume`; with `auto_resume`, if it holds a run with these
+    settings, else start one); returns the per-epoch metrics. A finished run is not trained further: its
+    metrics.jsonl and curves.png are completed from its checkpoint if a crash left them behind."""
     run = RunDir(out_dir)
     if auto_resume:  # every rank reads the folder before the ranks meet: rank 0 has written nothing yet
         resume = continues(config, run)
@@ -100,16 +101,17 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
 
     log = print if rt.is_main else lambda *a, **k: None
     history: list[dict] = position["metrics"]
-    if position["epoch"] >= config.epochs:
-        log(f"nothing to do: the run in {run.path} has finished all {config.epochs} epochs")
-        return history
-    log(f"training on {rt.device}" + (f" x {rt.world_size} processes" if rt.world_size > 1 else ""))
-    log(f"{len(train_iter.labels)} training / " + (f"{len(val_iter.labels)} validation / " if val_iter else "")
-        + f"{len(test_iter.labels)} test images of {config.dataset} at {config.resize}x{config.resize}, "
-        f"{'bf16 autocast' if rt.dtype else 'fp32'}, "
-        f"run directory {run.path}")  # fmt: skip
-    if position["epoch"] or position["step"]:
-        log(f"resuming after epoch {position['epoch']}, step {position['step']}")
+    finished = position["epoch"] >= config.epochs  # e.g. a torchrun restart that came after the last checkpoint
+    if finished:
+        log(f"the run in {run.path} has finished all {config.epochs} epochs: nothing left to train")
+    else:
+        log(f"training on {rt.device}" + (f" x {rt.world_size} processes" if rt.world_size > 1 else ""))
+        log(f"{len(train_iter.labels)} training / " + (f"{len(val_iter.labels)} validation / " if val_iter else "")
+            + f"{len(test_iter.labels)} test images of {config.dataset} at {config.resize}x{config.resize}, "
+            f"{'bf16 autocast' if rt.dtype else 'fp32'}, "
+            f"run directory {run.path}")  # fmt: skip
+        if position["epoch"] or position["step"]:
+            log(f"resuming after epoch {position['epoch']}, step {position['step']}")
     if rt.is_main:  # the settings and data are good: only now may an old run be replaced
         if not resume:
             run.clear(keep_record=auto_resume)  # a restart before the first checkpoint is the same run
@@ -146,12 +148,14 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
                 log(plateau, file=sys.stderr)
             _checkpoint(loop, epoch + 1, 0, [0.0, 0, 0, 0.0])
             if rt.is_main:  # after the checkpoint: metrics never run ahead of what a resume restores
-                run.write_text("metrics", "".join(json.dumps(m) + "\n" for m in history))
+                run.write_text("metrics", _metrics_text(history))
                 plot_curves(history, config.epochs, run.file("curves"))
                 live.show(run.file("curves"))
             # a signal in the epoch's last step or its evaluation: stop now that the epoch is saved
             if epoch + 1 < config.epochs and rt.all_sum(float(stop.signum > 0))[0]:
                 raise stop.stopped(f"after epoch {epoch + 1}", run.path)
+        if finished and rt.is_main and (written := _complete(run, history, config.epochs)):
+            log(f"wrote {' and '.join(written)} from the checkpoint (the run stopped before writing them)")
 
     last = history[-1]
     step_seconds = sum(len(train_iter.labels) / m["examples_per_sec"] for m in history)
@@ -193,7 +197,7 @@ def _train_epoch(loop: _Loop, epoch: int, first_step: int, state: EpochState) ->
                 kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint.exists()
                         else "no checkpoint had been written yet")  # fmt: skip
                 raise diverged(loss.item(), f"at epoch {epoch + 1}, step {step + 1}", kept, config.lr,
-                               config.schedule == "onecycle")  # fmt: skip
+                               config.schedule == "onecycle", len(loop.spec.classes))  # fmt: skip
             bar.set_postfix(loss=f"{state.loss_sum.item() / state.seen:.3f}",
                             acc=f"{state.correct.item() / state.seen:.3f}",
                             img_s=f"{state.seen / state.seconds:.0f}", refresh=False)  # fmt: skip
@@ -203,15 +207,32 @@ def _train_epoch(loop: _Loop, epoch: int, first_step: int, state: EpochState) ->
                     raise loop.stop.stopped(f"at epoch {epoch + 1}, step {step + 1}", loop.run.path)
 
 
+def _metrics_text(history: list[dict]) -> str:
+    """metrics.jsonl: one line of metrics per epoch."""
+    return "".join(json.dumps(m) + "\n" for m in history)
+
+
+def _complete(run: RunDir, history: list[dict], epochs: int) -> list[str]:
+    """Write metrics.jsonl and curves.png of a finished run where a crash between its last checkpoint and
+    them left them missing or behind the checkpoint's metrics; returns the names of the files written."""
+    written = []
+    if not run.file("metrics").is_file() or run.file("metrics").read_text() != _metrics_text(history):
+        written.append(run.write_text("metrics", _metrics_text(history)).name)
+    if written or not run.file("curves").is_file():  # the curves are drawn after the metrics are written
+        plot_curves(history, epochs, run.file("curves"))
+        written.append(run.file("curves").name)
+    return written
+
+
 def continues(config: Config, run: RunDir) -> bool:
-    """For --auto-resume: True if `run` holds an unfinished run with `config`'s settings (continue it),
-    False if it holds none, or only the start of this one before its first checkpoint (start it).
-    A finished run, or one with other settings, is an error that names the settings that differ."""
+    """For --auto-resume: True if `run` holds a checkpoint of a run with `config`'s settings (continue it;
+    a finished one is only completed), False if it holds no run, or only the start of this one before its
+    first checkpoint (start it). A run with other settings is an error that names the settings that differ."""
     checkpoint = run.file("checkpoint")
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint)
         theirs, source = state["config"], checkpoint
-    elif run.file("config").is_file():
+    elif run.holds_run() and run.file("config").is_file():
         state, theirs, source = None, run.read_json("config"), run.file("config")
     else:
         RunDir.for_new_run(run.path)  # missing or empty, else the usual error
@@ -222,9 +243,6 @@ def continues(config: Config, run: RunDir) -> bool:
     if differ:
         raise NinError(f"--auto-resume: {run.path} holds a run with other settings ({'; '.join(differ)}); "
                        "use another --out, or --force to replace that run")  # fmt: skip
-    if state and state["position"]["epoch"] >= config.epochs:
-        raise NinError(f"--auto-resume: {run.path} holds a finished run (all {config.epochs} epochs); "
-                       "use another --out, or --force to replace it")  # fmt: skip
     return state is not None
 
 
@@ -255,7 +273,7 @@ def _restore(run: RunDir, net: NiN, optimizer: torch.optim.Optimizer, rt: Runtim
     The data (`spec`) must be what the run trained on: the same classes, in the same order, and channels."""
     path = run.file("checkpoint")
     state = load_checkpoint(path)
-    theirs = Spec.from_dict(state.get("data"))
+    theirs = Spec.from_dict(state.get("data"), path)
     if (theirs.classes, theirs.channels) != (spec.classes, spec.channels):
         raise NinError(f"{path}: trained on {theirs.channels}-channel data of {len(theirs.classes)} classes "
                        f"({', '.join(theirs.classes[:10])}...), and the data now has {spec.channels} channel(s) and "

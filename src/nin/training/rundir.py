@@ -1,9 +1,10 @@
 """The run directory: the one place that knows a run's files, writes them atomically, and keeps its record.
 
 A run directory holds everything one run made (the table `FILES`). A new run refuses a non-empty
-folder unless `force`, in which case every file of the old run is removed (`clear`) before the new run
-writes, so that nothing of it can pass for the new run's. Files the run does not know are the user's
-and stay.
+folder unless `force` and the folder holds a nin run (a valid run record, or a checkpoint nin wrote), in
+which case every file of the old run is removed (`clear`) before the new run writes, so that nothing of
+it can pass for the new run's. Files the run does not know are the user's and stay; a folder of the
+user's own (its config.json and report.html are not a run's) is never cleared.
 
 `run.json` is the run record: how the run was made (nin version and commit, command line, torch,
 device and CPU features, threads, processes, the precision that actually ran, start and end, wall
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from nin.errors import NinError
 from nin.io import atomic_write_text
+from nin.training.checkpoint import is_checkpoint
 from nin.training.guards import Diverged, Stopped
 from nin.training.provenance import provenance
 
@@ -58,15 +60,30 @@ class RunDir:
 
     @classmethod
     def for_new_run(cls, path: Path, force: bool = False) -> RunDir:
-        """The folder of a new run, checked: missing, empty, or (with `force`) holding a run to replace.
+        """The folder of a new run, checked: missing, empty, or (with `force`) holding a nin run to replace.
         Nothing is removed yet: `clear` does that once the run's settings and data have been checked."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise NinError(f"--out {path} is a file, not a directory")
-        if path.exists() and any(path.iterdir()) and not force:
-            raise NinError(f"{path} already exists and is not empty; choose another --out, or pass --force "
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise NinError(f"--out {run.path} is a file, not a directory")
+        if not run.path.exists() or not any(run.path.iterdir()):
+            return run
+        if not run.holds_run():  # --force or not: nothing here is a run's to replace
+            raise NinError(f"{run.path} already exists, is not empty and holds no nin run (no run record "
+                           f"{FILES['record'][0]} nor {FILES['checkpoint'][0]} written by nin train), so nothing "
+                           "in it is replaced, even with --force; choose another --out")  # fmt: skip
+        if not force:
+            raise NinError(f"{run.path} already exists and is not empty; choose another --out, or pass --force "
                            "to replace the run in it")  # fmt: skip
-        return cls(path)
+        return run
+
+    def holds_run(self) -> bool:
+        """True if the folder holds a nin run: a valid run record (a run stopped before its first checkpoint
+        has one), or a checkpoint nin wrote. Files of the same names that are not nin's do not count."""
+        try:
+            record = self.record()
+        except NinError:  # a run.json that is not a run record
+            record = None
+        return record is not None or is_checkpoint(self.file("checkpoint"))
 
     def clear(self, keep_record: bool = False) -> None:
         """Remove every file of an earlier run here (so that none passes for the new run's), but the run
@@ -109,8 +126,14 @@ class RunDir:
         if not self.file("record").is_file():
             return None
         record = self.read_json("record")
-        if not isinstance(record, dict) or not isinstance(record.get("sessions"), list):
-            raise NinError(f"{self.file('record')}: not a nin run record (no 'sessions' list)")
+        sessions = record.get("sessions") if isinstance(record, dict) else None
+        if (
+            not sessions
+            or not isinstance(sessions, list)
+            or not all(isinstance(s, dict) and {"command", "started", "status"} <= set(s) for s in sessions)
+        ):
+            raise NinError(f"{self.file('record')}: not a nin run record (no 'sessions' list of sessions, each "
+                           "with its command, start and status)")  # fmt: skip
         return record
 
     @contextmanager
