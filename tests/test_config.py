@@ -126,3 +126,10 @@ def test_flags_come_from_the_type_hints():
     assert given == {"pin_memory": True, "max_steps": None, "lr": 0.1, "arch": "nin-bn"}
     assert vars(parser.parse_args(["--no-pin-memory", "--max-steps", "3"])) == {"pin_memory": False, "max_steps": 3}
     assert vars(parser.parse_args([])) == {}  # a flag not given overrides nothing
+
+
+def test_a_value_out_of_range_in_a_config_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("image_size = 4096\n")
+    with pytest.raises(NinError, match=f"^{path}: image_size 4096 is larger than 1024"):
+        load_config(path)

@@ -175,7 +175,10 @@ def from_dict(values: object, source: str = "config", cls: type = Config) -> typ
         if not _fits(value, kind, optional):
             expected = kind.__name__ + (" or None" if optional else "")
             raise NinError(f"{source}: {name} should be {expected}, got {value!r}")
-    return cls(**{k: float(v) if types[k][0] is float and v is not None else v for k, v in values.items()})
+    try:
+        return cls(**{k: float(v) if types[k][0] is float and v is not None else v for k, v in values.items()})
+    except NinError as e:  # a value out of range: say where it came from
+        raise NinError(f"{source}: {e}") from None
 
 
 @dataclass(frozen=True)
