@@ -134,7 +134,7 @@ def chunks_over_the_limit():
         ("streamed too large", 413, "over the limit of 10 MB"),
         ("not an image", 400, "the uploaded file: not a supported image format; nin reads PNG, JPEG, BMP or WebP"),
         ("truncated PNG", 400, "the uploaded file: cannot read it as an image"),
-        ("decompression bomb", 400, "7000x7000 pixels is over the limit"),
+        ("decompression bomb", 400, "7000x7000 is over the limit of 40,000,000 pixels"),
         ("wrong field", 400, "no file in the field 'image'"),
         ("not multipart", 400, "no file in the field 'image'"),
         ("GET /predict", 405, "GET /predict: Method Not Allowed"),
