@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -175,7 +176,10 @@ def from_dict(values: object, source: str = "config", cls: type = Config) -> typ
         if not _fits(value, kind, optional):
             expected = kind.__name__ + (" or None" if optional else "")
             raise NinError(f"{source}: {name} should be {expected}, got {value!r}")
-    return cls(**{k: float(v) if types[k][0] is float and v is not None else v for k, v in values.items()})
+    try:
+        return cls(**{k: float(v) if types[k][0] is float and v is not None else v for k, v in values.items()})
+    except NinError as e:  # a value out of range: say where it came from
+        raise NinError(f"{source}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ def check(settings: object) -> None:
     """One `NinError` for the first invalid field of the dataclass `settings` (`Config` or `Recipe`)."""
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes the '> 0' rules: lr = inf
+            raise NinError(f"{f.name} must be a finite number, got {value}")
         ok, must = RULES.get(f.name, (None, ""))
         if ok is not None and not ok(value):
             raise NinError(f"{f.name} {must}, got {value}")
