@@ -170,7 +170,7 @@ def from_dict(values: object, source: str = "config", cls: type = Config) -> typ
     types = field_types(cls)
     unknown = sorted(set(values) - set(types))
     if unknown:
-        raise NinError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(types)}")
+        raise NinError(f"{source}: unknown setting(s) {', '.join(map(repr, unknown))}; valid: {', '.join(types)}")
     for name, value in values.items():
         kind, optional = types[name]
         if not _fits(value, kind, optional):
