@@ -6,9 +6,10 @@ No example database is kept: nothing is written outside the tests' temporary fol
 
 import io
 import os
+import re
 
 import numpy as np
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -26,6 +27,12 @@ settings.load_profile("nin")
 def examples(n: int) -> settings:
     """Settings for a target that tries `n` inputs in the suite, NIN_FUZZ_EXAMPLES in a campaign."""
     return settings(max_examples=CAMPAIGN or n)
+
+
+def outcome(what: str, prefix: str = "") -> None:
+    """Count an input's outcome (a NinError's kind: its message without the file name and numbers) in
+    Hypothesis's statistics (pytest --hypothesis-show-statistics)."""
+    event(prefix + re.sub(r"\d+", "N", what)[:70])
 
 
 def image_files() -> dict[str, bytes]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fuzzing import examples, mutated
+from fuzzing import examples, mutated, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -51,8 +51,10 @@ def check_load(path: Path) -> None:
         run = nin.load(path)
     except NinError as e:
         assert str(path) in str(e) and "\n" not in str(e), str(e)
+        outcome(str(e).replace(str(path), "FILE"))
     else:
         assert isinstance(run.model, torch.nn.Module) and not run.model.training
+        outcome("loaded")
     assert sorted(path.parent.iterdir()) == before
 
 
@@ -145,3 +147,6 @@ def test_fuzzed_run_records(files, tmp_path_factory, text):
         nin.load(folder)
     except NinError as e:
         assert str(folder / "run.json") in str(e) and "\n" not in str(e), str(e)
+        outcome(str(e).replace(str(folder), "RUN"))
+    else:
+        outcome("loaded")

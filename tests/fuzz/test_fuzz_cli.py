@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
-from fuzzing import SEEDS, examples, mutated
+from fuzzing import SEEDS, examples, mutated, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -92,6 +92,7 @@ def test_command_lines(tmp_path_factory, monkeypatch, training_stops, data):
         except Trained:
             code = 0
     assert code in (0, 2), (argv, code, err.getvalue())
+    outcome(f"{argv[0]}: exit {code}")
     assert "Traceback" not in err.getvalue(), err.getvalue()
     if code == 2 and not err.getvalue().startswith("usage:"):
         assert err.getvalue().startswith("nin: error: ") and err.getvalue().count("\n") == 1, err.getvalue()

@@ -4,7 +4,7 @@ nan too), random text, and mutated presets give a Config or one NinError naming 
 import json
 import math
 
-from fuzzing import examples, mutated
+from fuzzing import examples, mutated, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,8 +37,10 @@ def check_config(path) -> None:
         config = load_config(path)
     except NinError as e:
         assert str(path) in str(e) and "\n" not in str(e), str(e)
+        outcome(str(e).replace(str(path), "FILE"))
     else:
         assert isinstance(config, Config)
+        outcome("a Config")
         assert all(math.isfinite(v) for v in config.to_dict().values() if isinstance(v, float))
 
 

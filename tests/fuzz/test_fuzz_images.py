@@ -5,7 +5,7 @@ import io
 
 import pytest
 import torch
-from fuzzing import SEEDS, examples, mutated
+from fuzzing import SEEDS, examples, mutated, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +20,9 @@ def check_decoded(data: bytes, channels: int | None, size: int) -> None:
         x = decode(upload, channels, size)
     except NinError as e:
         assert str(e).startswith("fuzzed.png: ") and "\n" not in str(e), str(e)
+        outcome(str(e).removeprefix("fuzzed.png: "))
         return
+    outcome("decoded")
     assert x.dtype == torch.uint8 and x.shape[1:] == (size, size) and x.shape[0] == (channels or x.shape[0])
     assert x.shape[0] in (1, 3)
 
