@@ -29,8 +29,9 @@ def toml_value(value) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)  # ints, finite floats, and strings: JSON's escapes are TOML's
+        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    # ints, finite floats, and strings: JSON's escapes of control characters are TOML's (\\uD83D pairs are not)
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def check_config(path) -> None:
@@ -49,7 +50,7 @@ def check_config(path) -> None:
 @given(tables, st.booleans())
 def test_tables_of_settings(tmp_path_factory, table, as_json):
     path = tmp_path_factory.mktemp("config") / ("config.json" if as_json else "config.toml")
-    path.write_text(json.dumps(table) if as_json else "".join(f"{json.dumps(k)} = {toml_value(v)}\n"
+    path.write_text(json.dumps(table) if as_json else "".join(f"{toml_value(k)} = {toml_value(v)}\n"
                                                               for k, v in table.items()))  # fmt: skip
     check_config(path)
 
