@@ -103,7 +103,7 @@ def test_train_takes_a_config_or_a_config_file_and_names_the_run_after_it(tmp_pa
     "call, message",
     [
         (lambda: nin.train("fast", lr="0.1"), "settings: lr should be float, got '0.1'"),
-        (lambda: nin.train("fast", lrr=0.1), "settings: unknown setting(s) lrr; valid: arch"),
+        (lambda: nin.train("fast", lrr=0.1), "settings: unknown setting(s) 'lrr'; valid: arch"),
         (lambda: nin.train("fats"), "unknown preset 'fats'; choose from best, d2l, fast, mnist, quick"),
         (lambda: nin.train(resume="runs/x", lr=0.1), "--resume continues a run with its own settings; drop --lr"),
         (lambda: nin.train("fast", resume="runs/x"), "drop --preset"),

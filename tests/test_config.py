@@ -61,13 +61,16 @@ def test_config_file_round_trip(tmp_path):
         ("init = 'zeros'", "init must be one of xavier, kaiming"),
         ("seed = -1", "seed must be in"),
         ("epochs = ", "not valid TOML"),
+        ("lr = inf", "lr must be a finite number, got inf"),
+        ("weight_decay = inf", "weight_decay must be a finite number, got inf"),
     ],
 )
 def test_bad_config_file_gives_one_clear_error(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(NinError, match=message):
+    with pytest.raises(NinError, match=message) as e:
         load_config(path)
+    assert str(e.value).startswith(str(path))  # the file is named
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", "null", '"abc"'])

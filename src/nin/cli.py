@@ -129,6 +129,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_resize(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000; 0: any free port (printed)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="another name clients reach "
+                   "this server by (a DNS name, a proxy's); requests naming any other Host are refused")  # fmt: skip
     return parser
 
 
@@ -407,7 +409,7 @@ def weights(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from nin.serve.app import check_extra, listen, serve_forever
+    from nin.serve.app import allowed_hosts, check_extra, listen, serve_forever
 
     check_extra()  # before the model loads: the missing extra is the first thing to hear about
     run = load_model(args)
@@ -418,5 +420,5 @@ def serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"nin: note: --host {args.host}: anyone who can reach this port can use it (no authentication)",
               file=sys.stderr)  # fmt: skip
-    serve_forever(run, sock)
+    serve_forever(run, sock, allowed_hosts(args.host, args.allow_host))
     return 0

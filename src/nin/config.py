@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def from_dict(values: object, source: str = "config", cls: type = Config) -> typ
     types = field_types(cls)
     unknown = sorted(set(values) - set(types))
     if unknown:
-        raise NinError(f"{source}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(types)}")
+        raise NinError(f"{source}: unknown setting(s) {', '.join(map(repr, unknown))}; valid: {', '.join(types)}")
     for name, value in values.items():
         kind, optional = types[name]
         if not _fits(value, kind, optional):
@@ -223,6 +224,8 @@ def check(settings: object) -> None:
     """One `NinError` for the first invalid field of the dataclass `settings` (`Config` or `Recipe`)."""
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes the '> 0' rules: lr = inf
+            raise NinError(f"{f.name} must be a finite number, got {value}")
         ok, must = RULES.get(f.name, (None, ""))
         if ok is not None and not ok(value):
             raise NinError(f"{f.name} {must}, got {value}")

@@ -3,12 +3,14 @@ uploads with one JSON sentence and goes on serving, answers 50 clients at once; 
 page of `nin serve` started from the command line."""
 
 import base64
+import contextlib
 import http.client
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -68,9 +70,9 @@ def test_images(run):
     return [png(image) for image in images[:CLIENTS]], [r["top"] for r in run.predict(images[:CLIENTS])]
 
 
-@pytest.fixture(scope="module")
-def port(run) -> int:
-    """A real uvicorn server of the shipped fast weights, in a thread, on a free port of 127.0.0.1."""
+@contextlib.contextmanager
+def serving(run: nin.Run):
+    """A real uvicorn server of `run`, in a thread, on a free port of 127.0.0.1: yields the port."""
     from nin.serve.app import listen, server
 
     sock = listen("127.0.0.1", 0)
@@ -81,9 +83,18 @@ def port(run) -> int:
     while not uvicorn_server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.02)
-    yield sock.getsockname()[1]
-    uvicorn_server.should_exit = True
-    thread.join(10)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def port(run) -> int:
+    """A server of the shipped fast weights."""
+    with serving(run) as port:
+        yield port
 
 
 def assert_good_request(port, test_images, i: int = 0) -> None:
@@ -123,7 +134,7 @@ def chunks_over_the_limit():
         ("streamed too large", 413, "over the limit of 10 MB"),
         ("not an image", 400, "the uploaded file: not a supported image format; nin reads PNG, JPEG, BMP or WebP"),
         ("truncated PNG", 400, "the uploaded file: cannot read it as an image"),
-        ("decompression bomb", 400, "7000x7000 pixels is over the limit"),
+        ("decompression bomb", 400, "7000x7000 is over the limit of 40,000,000 pixels"),
         ("wrong field", 400, "no file in the field 'image'"),
         ("not multipart", 400, "no file in the field 'image'"),
         ("GET /predict", 405, "GET /predict: Method Not Allowed"),
@@ -289,3 +300,131 @@ def test_the_page_in_a_real_browser(tmp_path, run):
         server.terminate()
         _, stderr = server.communicate(timeout=10)
     assert "Traceback" not in stderr, stderr
+
+
+def raw_request(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, str]:
+    """Status and body text, for answers that are not JSON."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def forward_passes(run: nin.Run):
+    """A list that counts the network's forward passes while the block runs."""
+    calls = []
+    hook = run.model[0].register_forward_hook(lambda *args: calls.append(1))  # the first layer: once per pass
+    try:
+        yield calls
+    finally:
+        hook.remove()
+
+
+def test_one_forward_pass_per_request(port, run, test_images):
+    with forward_passes(run) as calls:
+        assert_good_request(port, test_images)
+    assert len(calls) == 1
+
+
+def test_a_host_that_is_not_this_server_is_refused(port, run, test_images):
+    """DNS rebinding: another site's name resolving to 127.0.0.1 reaches the server with its own Host."""
+    body, kind = multipart(test_images[0][0])
+    with forward_passes(run) as calls:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+            assert raw_request(port, "POST", "/predict", body, {"Content-Type": kind, "Host": host})[0] == 400
+            assert raw_request(port, "GET", "/", headers={"Host": host}) == (400, "Invalid host header")
+    assert calls == []  # nothing classified
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "LOCALHOST"):
+        status, answer = raw_request(port, "POST", "/predict", body, {"Content-Type": kind, "Host": host})
+        assert status == 200 and json.loads(answer)["top"][0]["class"] == test_images[1][0][0]["class"]
+
+
+@pytest.mark.parametrize(
+    "header, value, status",
+    [
+        ("Origin", "http://evil.example", 403),
+        ("Origin", "null", 403),  # a sandboxed frame or a file:// page
+        ("Origin", "http://127.0.0.1:1", 403),  # another server of this machine
+        ("Referer", "http://evil.example/page.html", 403),  # a browser that sends a Referer and no Origin
+        ("Origin", "http://127.0.0.1:{port}", 200),  # the page itself
+        ("Referer", "http://127.0.0.1:{port}/", 200),
+    ],
+)
+def test_a_post_from_another_site_is_refused(port, run, test_images, header, value, status):
+    body, kind = multipart(test_images[0][0])
+    value = value.format(port=port)
+    with forward_passes(run) as calls:
+        answer = request(port, "POST", "/predict", body, {"Content-Type": kind, header: value})
+    assert answer[0] == status and len(calls) == (status == 200), answer
+    if status == 403:
+        assert answer[1] == {"error": f"a request from another site ({value}); this server answers its own page "
+                                      "and programs that send no Origin header"}  # fmt: skip
+
+
+def test_hosts_allowed_for_each_address():
+    from nin.serve.app import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "[::1]", "localhost"]
+    assert allowed_hosts("::1", ["Nin.Example"]) == ["127.0.0.1", "[::1]", "localhost", "nin.example"]
+    assert allowed_hosts("192.168.1.7") == ["127.0.0.1", "192.168.1.7", "[::1]", "localhost"]
+    assert socket.gethostname().lower() in allowed_hosts("0.0.0.0")  # every address: this machine's names too
+
+
+def test_info_shows_no_file_path():
+    from starlette.testclient import TestClient
+
+    from nin.serve.app import app
+
+    folder = Path("/home/someone/private/runs/shirts")
+    run = nin.Run(folder, folder / "checkpoint.pt", nin.Config(resize=67), nin.NiN().eval(), [], None, Spec())
+    with TestClient(app(run), base_url="http://localhost") as client:
+        response = client.get("/info")
+    assert response.status_code == 200 and response.json()["model"] == "shirts" and "private" not in response.text
+
+
+def slow_upload(port: int) -> socket.socket:
+    """A client that announces 1,000 bytes of body, sends 10 and waits."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                 b"Content-Length: 1000\r\n\r\n--x\r\nConte")  # fmt: skip
+    return sock
+
+
+def test_uploads_are_read_one_turn_at_a_time_within_a_time_limit(run, test_images, monkeypatch):
+    """A slow upload holds one of the WORKERS while its body is read (so at most WORKERS bodies are in
+    memory), the next upload waits QUEUE_WAIT for its turn and gets 503, the slow one gets 408 at
+    READ_TIMEOUT, and then the server answers again."""
+    from nin.serve import app as serve
+
+    monkeypatch.setattr(serve, "WORKERS", 1)
+    monkeypatch.setattr(serve, "QUEUE_WAIT", 0.2)
+    monkeypatch.setattr(serve, "READ_TIMEOUT", 0.8)
+    with serving(run) as port:
+        slow = slow_upload(port)
+        time.sleep(0.1)  # its turn taken
+        assert post_image(port, test_images[0][0]) == (503, {"error": "the server is busy with 1 other uploads; "
+                                                                      "try again shortly"})  # fmt: skip
+        response = http.client.HTTPResponse(slow)  # its answer, at READ_TIMEOUT
+        response.begin()
+        assert (response.status, json.loads(response.read())) == (408, {"error": "the upload took over 0.8 s; "
+                                                                          "send a smaller image"})  # fmt: skip
+        slow.close()
+        assert_good_request(port, test_images)
+
+
+def test_connections_beyond_the_limit_get_503(run, test_images, monkeypatch):
+    from nin.serve import app as serve
+
+    monkeypatch.setattr(serve, "CONNECTIONS", 3)  # counting the one that asks
+    with serving(run) as port:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        time.sleep(0.1)
+        assert raw_request(port, "GET", "/info") == (503, "Service Unavailable")  # uvicorn's own answer
+        for sock in idle:
+            sock.close()
+        time.sleep(0.1)
+        assert_good_request(port, test_images)

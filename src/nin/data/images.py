@@ -47,15 +47,18 @@ def open_image(source: Path | BinaryIO, draft: int | None = None) -> Image.Image
     larger than `draft` x `draft` is decoded at a reduced scale (1/2, 1/4 or 1/8, never below `draft`):
     decoding is the costly part of reading photos, and this makes it up to 8x cheaper."""
     name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "the image")
+    bomb = f"{name}: {{}} is over the limit of {MAX_PIXELS:,} pixels (a decompression bomb?); use a smaller image"
     try:
         with Image.open(source, formats=FORMATS) as img:
             if img.width * img.height > MAX_PIXELS:
-                raise NinError(f"{name}: {img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} "
-                               "(a decompression bomb?); use a smaller image")  # fmt: skip
+                raise NinError(bomb.format(f"{img.width}x{img.height}"))
             if draft and img.format == "JPEG":
                 img.draft("L" if img.mode == "L" else "RGB", (draft, draft))
             img.load()
-            return _upright_8bit(ImageOps.exif_transpose(img) or img)
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright image (40 MP: 120 MB)
+            return to_8bit(img)
+    except Image.DecompressionBombError:  # Pillow's own limit, checked in Image.open: far over ours
+        raise NinError(bomb.format("its size")) from None
     except FileNotFoundError:
         raise NinError(f"{name}: no such image file") from None
     except UnidentifiedImageError:  # its message names the file object, not the file
@@ -67,8 +70,9 @@ def open_image(source: Path | BinaryIO, draft: int | None = None) -> Image.Image
                        f"undamaged {SUPPORTED} file") from None  # fmt: skip
 
 
-def _upright_8bit(img: Image.Image) -> Image.Image:
-    """`img` in mode L or RGB: 16/32-bit gray scaled to 8 bits, alpha composited over BACKGROUND."""
+def to_8bit(img: Image.Image) -> Image.Image:
+    """`img` in mode L or RGB: 16-bit gray (I;16, I;16B, and I, as which older Pillows open 16-bit PNGs)
+    scaled to 8 bits, transparent pixels composited over BACKGROUND."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         wide = np.asarray(img).astype(np.int64)  # 16-bit samples (PNG's I;16, or I): the top 8 bits
         return Image.fromarray(np.clip(wide >> 8, 0, 255).astype(np.uint8), "L")
@@ -79,7 +83,7 @@ def _upright_8bit(img: Image.Image) -> Image.Image:
         blended = (pixels[..., :-1] * alpha + BACKGROUND * (255 - alpha) + 127) // 255
         return Image.fromarray(blended.astype(np.uint8).squeeze(-1) if gray else blended.astype(np.uint8),
                                "L" if gray else "RGB")  # fmt: skip
-    return img.convert("L" if gray else "RGB")
+    return img if img.mode in ("L", "RGB") else img.convert("L" if gray else "RGB")
 
 
 def decode(path: Path | BinaryIO, channels: int | None, size: int) -> torch.Tensor:
@@ -87,7 +91,8 @@ def decode(path: Path | BinaryIO, channels: int | None, size: int) -> torch.Tens
     (1 for a grayscale image, else 3); read by `open_image`, then resized (bilinear, antialiased)."""
     img = open_image(path, draft=size)
     channels = channels or (1 if img.mode == "L" else 3)
-    img = img.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    img = img if img.mode == mode else img.convert(mode)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)

@@ -7,19 +7,28 @@ PNG data URL (`"cam": null` where the run's maps are 1x1). Bad input gets an HTT
 `{"error": "<one sentence>"}`, and the server goes on serving. `GET /` is the page (nin/serve/page.html: one
 file, nothing fetched from elsewhere), `GET /info` the model's name, classes and limits.
 
-Limits, so that no upload can take the server down: a body over `MAX_UPLOAD` bytes is refused (413) from
-its Content-Length, and the read stops there whatever the header said; images over `MAX_PIXELS` are refused
-from their header, before they are decoded (evaluate.load_image); `WORKERS` images are decoded and classified
-at a time. Starlette and uvicorn are the serve extra's.
+Other web pages cannot use it: a request whose `Host` is not an address this server serves is refused (400,
+Starlette's TrustedHostMiddleware: DNS rebinding), and so is a `POST /predict` whose `Origin` (or, without
+one, `Referer`) is not the page's own (403: a form or script of another site). Programs send neither header
+and are served.
+
+Memory is bounded, so that no upload can take the server down: uvicorn keeps at most `CONNECTIONS`
+connections (503 beyond); `WORKERS` uploads are read, decoded and classified at a time, the others wait up to
+`QUEUE_WAIT` seconds for their turn (then 503) before a byte of their body is read; a body over `MAX_UPLOAD`
+bytes is refused (413) from its Content-Length, and the read stops there whatever the header said, or after
+`READ_TIMEOUT` seconds (408); images over `MAX_PIXELS` are refused from their header, before they are decoded
+(data.images.open_image). Starlette and uvicorn are the serve extra's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import socket
-import threading
+from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +41,11 @@ from nin.inference.cam import class_maps
 
 EXTRA = "pip install 'nin[serve]' (starlette, uvicorn and python-multipart)"
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of request body
-WORKERS = 4  # images decoded at once: bounds the memory that concurrent uploads take
+WORKERS = 4  # uploads read, decoded and classified at once: bounds the memory that concurrent uploads take
+QUEUE_WAIT = 30.0  # seconds an upload waits for one of the WORKERS before it gets 503
+READ_TIMEOUT = 30.0  # seconds to receive an upload's body (10 MB at 350 kB/s) before 408
+CONNECTIONS = 64  # open connections uvicorn keeps (limit_concurrency); it answers 503 beyond
+LOCAL = ("localhost", "127.0.0.1", "[::1]")  # the names of this machine a browser on it uses
 SHOWN = 224  # side length of the class-map PNG
 PAGE = Path(__file__).with_name("page.html")
 # inferno-like colour scale from low to high evidence: black, purple, red, orange, pale yellow
@@ -64,13 +77,14 @@ def answer(run: Run, data: bytes) -> dict:
         image = load_image(upload, run.spec)[None]  # (1, C, H, W) uint8, as the run's data
     except NinError as e:
         raise Refused(400, str(e)) from None
-    top = run.predict(image)[0]["top"]
     x = resize(image, run.config.resize)
-    with torch.inference_mode():
-        maps, _ = class_maps(run.model, x)
+    with torch.inference_mode():  # one forward pass: the class maps, whose means are the logits
+        maps, logits = class_maps(run.model.eval(), x)
+    probs, indices = logits[0].softmax(dim=0).topk(min(3, len(run.classes)))
+    top = [{"class": run.classes[i], "prob": p} for p, i in zip(probs.tolist(), indices.tolist())]
     if maps.shape[-1] < 2:
         return {"top": top, "cam": None, "note": "this run's class maps are 1x1: they cannot show where"}
-    k = run.classes.index(top[0]["class"])
+    k = int(indices[0])
     return {"top": top, "cam": {"class": top[0]["class"], "size": list(maps.shape[-2:]), "png": overlay(x, maps[:, k])}}
 
 
@@ -91,55 +105,86 @@ def overlay(x: torch.Tensor, heat: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
 
 
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
+    """The names a request's Host header may give: this machine's local names, the address served (for 0.0.0.0
+    or ::, this machine's name, full name and addresses) and `extra` (`nin serve --allow-host`)."""
+    names = [*LOCAL, *extra]
+    if host in ("0.0.0.0", "::", ""):
+        names += [socket.gethostname(), socket.getfqdn()]
+        try:
+            names += [
+                f"[{a[4][0]}]" if ":" in a[4][0] else a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)
+            ]
+        except OSError:  # a name that does not resolve: its addresses are unknown
+            pass
+    else:
+        names.append(f"[{host}]" if ":" in host else host)
+    return sorted({name.lower() for name in names})
+
+
+def other_site(request) -> str | None:
+    """The site a request comes from when that is not this server's page: its `Origin`, or without one its
+    `Referer`; None for the page itself and for programs (curl, urllib), which send neither."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if not origin:
+        return None
+    url = urlsplit(origin)
+    own = url.scheme in ("http", "https") and url.netloc.lower() == request.headers.get("host", "").lower()
+    return None if own else origin
+
+
 async def read_upload(request) -> bytes:
-    """The bytes of the file in the multipart field `image`, reading at most MAX_UPLOAD bytes of body."""
+    """The bytes of the file in the multipart field `image`, reading at most MAX_UPLOAD bytes of body, within
+    READ_TIMEOUT seconds."""
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
 
     too_big = f"the upload is over the limit of {MAX_UPLOAD // 2**20} MB; send a smaller image"
-    length = request.headers.get("content-length", "0")
-    if not length.isdigit():
-        raise Refused(400, f"Content-Length {length!r} is not a number of bytes")
-    if int(length) > MAX_UPLOAD:
-        raise Refused(413, too_big)
-    body = bytearray()
+    chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_UPLOAD:
-                raise Refused(413, too_big)
+        async with asyncio.timeout(READ_TIMEOUT):  # a client that sends slowly holds one of the WORKERS
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise Refused(413, too_big)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Refused(408, f"the upload took over {READ_TIMEOUT:g} s; send a smaller image") from None
     except ClientDisconnect:
         raise Refused(400, "the upload stopped before its end") from None
+    body = b"".join(chunks)
+    del chunks
 
     async def replay() -> dict:
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     how = "send the image as multipart/form-data in the field 'image' (curl -F image=@shirt.png URL/predict)"
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
     except HTTPException as e:  # the multipart parser's complaint
         raise Refused(400, f"the body is not valid multipart/form-data ({e.detail}); {how}") from None
-    file = form.get("image")
-    if not isinstance(file, UploadFile):
-        raise Refused(400, f"no file in the field 'image'; {how}")
-    return await file.read()
+    try:
+        file = form.get("image")
+        if not isinstance(file, UploadFile):
+            raise Refused(400, f"no file in the field 'image'; {how}")
+        return await file.read()
+    finally:
+        await form.close()  # the parser's temporary file, if it wrote one
 
 
-def app(run: Run):
-    """The Starlette application serving `run`."""
+def app(run: Run, hosts: Iterable[str] = LOCAL):
+    """The Starlette application serving `run` to requests whose Host is one of `hosts` (see allowed_hosts)."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    page, gate = PAGE.read_bytes(), threading.BoundedSemaphore(WORKERS)
-    name = run.card["name"] if run.card else str(run.path)
-
-    def classify(data: bytes) -> dict:
-        with gate:
-            return answer(run, data)
+    page, gate = PAGE.read_bytes(), asyncio.Semaphore(WORKERS)
+    name = run.card["name"] if run.card else run.path.resolve().name  # a name, not the server's file path
 
     async def index(request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8")
@@ -148,9 +193,28 @@ def app(run: Run):
         return JSONResponse({"model": name, "classes": run.classes, "input": run.config.resize,
                              "max_upload": MAX_UPLOAD, "max_pixels": MAX_PIXELS})  # fmt: skip
 
+    async def classify(request) -> dict:
+        site = other_site(request)
+        if site:  # a form or script of another web page, posting through the user's browser
+            raise Refused(403, f"a request from another site ({site[:100]}); this server answers its own page "
+                          "and programs that send no Origin header")  # fmt: skip
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit():
+            raise Refused(400, f"Content-Length {length[:20]!r} is not a number of bytes")
+        if int(length) > MAX_UPLOAD:  # refused before it waits its turn: its body is never read
+            raise Refused(413, f"the upload is over the limit of {MAX_UPLOAD // 2**20} MB; send a smaller image")
+        try:
+            await asyncio.wait_for(gate.acquire(), QUEUE_WAIT)  # before a byte of the body is read
+        except TimeoutError:
+            raise Refused(503, f"the server is busy with {WORKERS} other uploads; try again shortly") from None
+        try:
+            return await run_in_threadpool(answer, run, await read_upload(request))
+        finally:
+            gate.release()
+
     async def predict(request) -> Response:
         try:
-            return JSONResponse(await run_in_threadpool(classify, await read_upload(request)))
+            return JSONResponse(await classify(request))
         except Refused as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
 
@@ -162,7 +226,8 @@ def app(run: Run):
                             status_code=500)  # fmt: skip
 
     routes = [Route("/", index), Route("/info", info), Route("/predict", predict, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))],
+                     exception_handlers={HTTPException: http_error, Exception: server_error})  # fmt: skip
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -181,12 +246,14 @@ def listen(host: str, port: int) -> socket.socket:
         raise NinError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
 
 
-def server(run: Run):
+def server(run: Run, hosts: Iterable[str] = LOCAL):
     """A uvicorn server of `run`; `server(run).run(sockets=[listen(host, port)])` serves until Ctrl-C."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app(run), log_level="warning", timeout_graceful_shutdown=2))
+    config = uvicorn.Config(app(run, hosts), log_level="warning", timeout_graceful_shutdown=2,
+                            limit_concurrency=CONNECTIONS)  # fmt: skip
+    return uvicorn.Server(config)
 
 
-def serve_forever(run: Run, sock: socket.socket) -> None:
-    server(run).run(sockets=[sock])
+def serve_forever(run: Run, sock: socket.socket, hosts: Iterable[str] = LOCAL) -> None:
+    server(run, hosts).run(sockets=[sock])

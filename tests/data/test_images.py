@@ -1,0 +1,167 @@
+"""The one image decoder (nin.data.images): only allow-listed formats are opened and no external program runs;
+photos stand upright; transparency is composited; 16-bit gray is scaled, not clipped; decompression bombs are
+refused from their header; every failure is one NinError that names the file."""
+
+import io
+import os
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import EpsImagePlugin, Image, ImageFile
+
+from nin.cli import main
+from nin.data.images import BACKGROUND, MAX_PIXELS, decode, open_image, to_8bit
+from nin.errors import NinError
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
+
+
+def saved(img: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img).astype(int)
+
+
+@pytest.fixture
+def fake_ghostscript(tmp_path, monkeypatch) -> Path:
+    """A `gs` first on PATH that leaves a marker file when anything runs it; returns the marker's path."""
+    marker, bin_dir = tmp_path / "ghostscript-ran", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch '{marker}'\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow looks for gs afresh
+    return marker
+
+
+def test_eps_is_not_a_supported_format_and_ghostscript_never_runs(tmp_path, fake_ghostscript, capsys):
+    eps = tmp_path / "drawing.eps"
+    eps.write_bytes(EPS)
+    with pytest.raises(NinError) as e:
+        open_image(eps)
+    assert str(e.value) == f"{eps}: not a supported image format; nin reads PNG, JPEG, BMP or WebP files"
+    assert main(["predict", "--weights", "fast", str(eps)]) == 2
+    assert capsys.readouterr().err == f"nin: error: {e.value}\n"
+    assert not fake_ghostscript.exists()
+    with pytest.raises(subprocess.CalledProcessError), Image.open(eps) as img:  # the control: unrestricted, it runs
+        img.load()
+    assert fake_ghostscript.exists()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_exif_orientation_is_applied(fmt):
+    """A phone photo stored sideways: orientation 6 says 'rotate 90 degrees clockwise to view'."""
+    stored = Image.new("L", (40, 20), 0)
+    stored.paste(255, (0, 0, 20, 20))  # the left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img = open_image(io.BytesIO(saved(stored, fmt, exif=exif)))
+    assert img.size == (20, 40)  # upright: taller than wide
+    upright = pixels(img)
+    assert upright[:20].mean() > 250 and upright[20:].mean() < 5  # the white half is now on top
+
+
+@pytest.mark.parametrize(
+    "img, expected",
+    [
+        (Image.new("RGBA", (4, 4), (255, 100, 0, 64)), (64, 25, 0)),  # a quarter opaque
+        (Image.new("LA", (4, 4), (200, 128)), (100,)),
+        (Image.new("RGBa", (4, 4), (64, 25, 0, 64)), (64, 25, 0)),  # premultiplied, the same colour
+    ],
+)
+def test_alpha_is_composited_over_black(img, expected):
+    assert BACKGROUND == 0
+    out = open_image(io.BytesIO(saved(img.convert("RGBA") if img.mode == "RGBa" else img)))
+    assert out.mode == ("L" if len(expected) == 1 else "RGB")
+    assert np.abs(pixels(out).reshape(16, -1) - expected).max() <= 1
+
+
+def test_palette_and_colour_key_transparency_are_composited():
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 250, 250, 250])
+    key = Image.new("RGB", (4, 4), (250, 250, 250))
+    for img in (palette, key):  # the transparent colour is white: it must come out black
+        data = saved(img, transparency=1 if img.mode == "P" else (250, 250, 250))
+        assert pixels(open_image(io.BytesIO(data))).max() == 0
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_16_bit_gray_is_scaled_not_clipped(mode):
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    raw = {"I;16": ramp.astype("<u2"), "I;16B": ramp.astype(">u2"), "I": ramp.astype("<i4")}[mode]
+    img = to_8bit(Image.frombytes(mode, (16, 16), raw.tobytes()))
+    assert img.mode == "L"
+    assert np.array_equal(pixels(img), ramp >> 8)  # the top 8 bits: 0..255 over the whole ramp
+    assert (pixels(img) == 255).mean() < 0.01
+
+
+def test_a_16_bit_png_file_is_scaled():
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    img = open_image(io.BytesIO(saved(Image.fromarray(ramp))))
+    assert img.mode == "L" and np.array_equal(pixels(img), ramp >> 8)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height gray pixels and holds one row of them: its header is a bomb's."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\0" * (width + 1))), (b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks
+    )
+
+
+@pytest.mark.parametrize("width, height", [(7000, 7000), (20000, 20000)])  # ours, and over Pillow's own limit
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch, width, height):
+    assert width * height > MAX_PIXELS
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header(width, height))
+    loads = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self))
+    with pytest.raises(NinError, match=f"^{bomb}: .* is over the limit of 40,000,000 pixels"):
+        open_image(bomb)
+    assert loads == []  # never decoded
+
+
+def damaged_files(tmp_path: Path) -> dict[str, Path]:
+    gray = Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64) * 7)
+    png, jpeg = saved(gray), saved(gray, "JPEG")
+    crc = bytearray(png)
+    crc[29] ^= 0xFF  # inside IHDR's CRC
+    files = {
+        "text": b"not an image",
+        "empty": b"",
+        "truncated PNG": png[: len(png) // 2],
+        "truncated JPEG": jpeg[: len(jpeg) // 2],
+        "PNG with a bad CRC": bytes(crc),
+        "EPS": EPS,
+        "GIF": saved(gray, "GIF"),
+        "TIFF": saved(gray, "TIFF"),
+    }
+    paths = {}
+    for case, data in files.items():
+        paths[case] = tmp_path / f"{case.replace(' ', '-')}.png"
+        paths[case].write_bytes(data)
+    paths["a folder"] = tmp_path / "folder.png"
+    paths["a folder"].mkdir()
+    paths["missing"] = tmp_path / "missing.png"
+    return paths
+
+
+def test_every_decoder_error_is_one_nin_error_naming_the_file(tmp_path):
+    for case, path in damaged_files(tmp_path).items():
+        with pytest.raises(NinError) as e:
+            decode(path, None, 28)
+        assert str(e.value).startswith(f"{path}: "), case
+        with pytest.raises(NinError) as e:  # a file object: named by its name
+            upload = io.BytesIO(path.read_bytes() if path.is_file() else b"")
+            upload.name = "the uploaded file"
+            decode(upload, 1, 28)
+        assert str(e.value).startswith("the uploaded file: "), case
