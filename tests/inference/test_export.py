@@ -14,6 +14,7 @@ from nin.cli import main
 from nin.data.batches import resize
 from nin.data.registry import load_fashion_mnist
 from nin.errors import NinError
+from nin.training.description import describe
 from seed_nin import seed_net
 
 
@@ -87,8 +88,10 @@ def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_p
         assert (got - expected[: len(batch)]).abs().max() <= 1e-4
         assert torch.equal(got.argmax(1), expected[: len(batch)].argmax(1))
     props = {p.key: p.value for p in onnx.load(run / "model.onnx").metadata_props}
-    assert json.loads(props["class_names"])[9] == "Ankle boot" and json.loads(props["input_size"]) == [1, 67, 67]
-    assert props["dataset"] == "fashion-mnist" and props["nin_version"] == nin.__version__
+    described = {key: json.loads(value) for key, value in props.items()}
+    assert described == describe(model.config, model.spec, model.model.state_dict(), model.record, model.metrics)
+    assert described["id2label"]["9"] == "Ankle boot" and described["input_size"] == [1, 67, 67]
+    assert described["dataset"] == "fashion-mnist" and described["nin_version"] == nin.__version__
 
 
 def test_onnx_without_the_export_extra_is_one_clear_error(trained_run, tmp_path, monkeypatch, capsys):

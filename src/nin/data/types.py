@@ -78,8 +78,13 @@ class Spec:
 
     @staticmethod
     def from_dict(values: dict | None) -> Spec:
-        """A checkpoint's `data` entry; checkpoints from before datasets existed are Fashion-MNIST."""
+        """A checkpoint's `data` entry, or a model description (nin.training.description: config.json, ONNX
+        metadata); checkpoints from before datasets existed are Fashion-MNIST."""
         values = dict(values or {})
+        if "id2label" in values:
+            labels = values["id2label"]
+            return Spec(values["dataset"], tuple(labels[str(i)] for i in range(len(labels))), values["in_channels"],
+                        values["image_size"], values["data_dir"])  # fmt: skip
         return Spec(**{**values, "classes": tuple(values.get("classes", CLASS_NAMES))})
 
     def to_dict(self) -> dict:
