@@ -205,7 +205,8 @@ def load(path: str | Path, resize: int | None = None, dataset: str | None = None
                 raise NinError(f"{flag} {value}: {path} comes with its description, which says its input size "
                                f"and data; {flag} is for a bare state_dict")  # fmt: skip
         model, config, spec, described = read_described(path)
-        folder, weights = (path, path / WEIGHTS) if path.is_dir() else (path.parent, path)
+        folder = path if path.is_dir() else path.parent
+        weights = folder / WEIGHTS if folder == path or path.name == WEIGHTS else path
         return Run(folder, weights, config, model, described["metrics"], described["record"], spec)
     run, checkpoint = RunDir.of(path)
     state = read_model_state(checkpoint, resize, dataset)

@@ -133,3 +133,47 @@ def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_g
     x = torch.rand(5, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(onnx(x), net(x), atol=1e-4, rtol=0)
+
+
+def test_int8_export_of_a_tiny_network_predicts_as_fp32_does(tmp_path, monkeypatch, capsys):
+    """Static int8 quantization (a few calibration images here): quantized operators in the graph, the same
+    description in the metadata, the fp32 model's predictions on most test images, and nin predict runs it."""
+    onnx = pytest.importorskip("onnx")
+    from nin.inference import export
+    from nin.inference.export import OnnxModel
+
+    monkeypatch.setattr(export, "CALIBRATION", 32)
+    run = nin.train("fast", out=tmp_path / "run", width=4, epochs=1, train_limit=512, test_limit=64, device="cpu",
+                    precision="fp32")  # fmt: skip
+    capsys.readouterr()
+    assert main(["export", str(run.path), "--format", "onnx", "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out.strip() == f"ONNX model (int8): {run.path / 'model-int8.onnx'}"
+    int8, fp32 = run.path / "model-int8.onnx", run.export(format="onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in onnx.load(int8).graph.node}
+    props = lambda path: {p.key: p.value for p in onnx.load(path).metadata_props}  # noqa: E731
+    assert props(int8) == props(fp32)
+    images = load_fashion_mnist("test")[0][:200]
+    x = resize(images, 28)
+    agree = (OnnxModel(int8)(x).argmax(1) == OnnxModel(fp32)(x).argmax(1)).float().mean().item()
+    assert agree >= 0.9, agree
+    png = tmp_path / "boot.png"
+    Image.fromarray(images[0].numpy()).save(png)
+    assert main(["predict", str(int8), str(png)]) == 0
+    assert capsys.readouterr().out.startswith(f"{png}: ")
+
+
+@pytest.mark.parametrize("name", ["fast", "mnist-fast"])
+def test_int8_shipped_weights_stay_within_half_a_point_of_fp32_on_the_full_test_set(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from nin.data.registry import load_split
+    from nin.inference.evaluate import logits
+    from nin.inference.export import OnnxModel
+
+    run = nin.load_weights(name)
+    test = load_split(run.spec.dataset, "test")
+    accuracy = {}
+    for quantize in (None, "int8"):
+        model = OnnxModel(run.export(tmp_path / f"{quantize}.onnx", format="onnx", quantize=quantize))
+        accuracy[quantize] = (logits(model, test.images, 28).argmax(1) == test.labels).float().mean().item()
+    assert len(test) == 10_000 and accuracy[None] == pytest.approx(run.card["evaluation"]["test_acc"], abs=2e-4)
+    assert abs(accuracy["int8"] - accuracy[None]) <= 0.005, accuracy

@@ -44,9 +44,12 @@ def is_model_dir(path: Path) -> bool:
 
 
 def has_description(path: Path) -> bool:
-    """Whether `path` is a model directory, or a state_dict file with nin's description beside it (NAME.json)."""
+    """Whether `path` is a model directory or its model.safetensors, or a state_dict file with nin's description
+    beside it (NAME.json)."""
     path = Path(path)
-    return is_model_dir(path) or (path.is_file() and path.suffix != ".json" and _ours(path.with_suffix(".json")))
+    if is_model_dir(path) or (path.name == WEIGHTS and is_model_dir(path.parent)):
+        return True
+    return path.is_file() and path.suffix != ".json" and _ours(path.with_suffix(".json"))
 
 
 def _ours(config: Path) -> bool:
@@ -116,6 +119,7 @@ def read(path: Path, hint: str = "export it again") -> tuple[NiN, Config, Spec, 
     the weights against the SHA-256 in config.json and config.json against the weights. `hint`: what to do
     about a changed or damaged file."""
     path = Path(path)
+    path = path.parent if path.name == WEIGHTS else path
     weights_file, config_file = (path / WEIGHTS, path / CONFIG) if path.is_dir() else (path, path.with_suffix(".json"))
     try:
         description = json.loads(config_file.read_text())

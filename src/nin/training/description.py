@@ -15,7 +15,18 @@ from nin.version import __version__
 
 FORMAT = "nin-model-v1"
 # the fields that say how to rebuild and feed the network: a loader recomputes them and compares
-STRUCTURE = ("arch", "width", "in_channels", "num_classes", "id2label", "input_size", "mean", "std", "dataset")
+STRUCTURE = (
+    "arch",
+    "width",
+    "in_channels",
+    "num_classes",
+    "id2label",
+    "label2id",
+    "input_size",
+    "mean",
+    "std",
+    "dataset",
+)
 
 
 def describe(config: Config, spec: Spec, weights: dict[str, torch.Tensor], record: dict | None = None,
