@@ -3,8 +3,11 @@ description: each loads back as what it is (the same classes, the same predictio
 or edited one is refused with one clear error."""
 
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,18 @@ def test_from_pretrained_names_what_it_takes(tmp_path, monkeypatch):
         nin.from_pretrained("nowhere")
     monkeypatch.setattr(nin.api, "fetch", lambda repo: nin.load_weights("fast").export("got", format="safetensors"))
     assert nin.from_pretrained("someone/nin-fast").path == Path("got")  # a Hub repository, fetched
+
+
+@pytest.mark.slow
+def test_hubconf_uses_the_nin_beside_it_in_a_fresh_process(tmp_path):
+    """torch.hub imports hubconf.py from the repository root: it puts src/ first, so the nin it loads is the
+    repository's own, whatever else is installed; offline, from another directory."""
+    code = (
+        f"import sys, torch; m = torch.hub.load({str(REPO)!r}, 'nin_mnist_fast', source='local', "
+        "pretrained=True); print(sys.modules['nin'].__file__, m.classes[0], tuple(m(torch.rand(1, 1, 28, 28)).shape))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(REPO / "src" / "nin" / "__init__.py"), "0", "(1,", "10)"]
