@@ -135,6 +135,7 @@ def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_g
         torch.testing.assert_close(onnx(x), net(x), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # not a process of its own, but export + quantization take seconds: out of the quick tier
 def test_int8_export_of_a_tiny_network_predicts_as_fp32_does(tmp_path, monkeypatch, capsys):
     """Static int8 quantization (a few calibration images here): quantized operators in the graph, the same
     description in the metadata, the fp32 model's predictions on most test images, and nin predict runs it."""
@@ -162,6 +163,7 @@ def test_int8_export_of_a_tiny_network_predicts_as_fp32_does(tmp_path, monkeypat
     assert capsys.readouterr().out.startswith(f"{png}: ")
 
 
+@pytest.mark.slow  # two exports and the full test set: seconds each
 @pytest.mark.parametrize("name", ["fast", "mnist-fast"])
 def test_int8_shipped_weights_stay_within_half_a_point_of_fp32_on_the_full_test_set(name, tmp_path):
     pytest.importorskip("onnxruntime")
