@@ -20,8 +20,8 @@ train: $(VENV)/installed
 # pytest-xdist: a worker per core (at most 4), each on one thread, each test file on one worker (its fixtures
 # built once); the tests that start processes and wait for them overlap
 test: $(VENV)/installed browser
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks hubconf.py
+	$(BIN)/ruff format --check src tests benchmarks hubconf.py
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 # the browser that tests/test_serve.py drives: Debian's chromium and chromedriver, installed where missing (CI

@@ -1,8 +1,10 @@
-"""Ship a trained run's weights with nin: write src/nin/weights/NAME.pt and NAME.json (its model card).
+"""Ship a trained run's weights with nin: write src/nin/inference/weights/NAME/ (model.safetensors, config.json
+with the model card's measured facts, README.md), the directory form of nin/inference/pretrained.py.
 
 For maintainers. The run must have finished (its run record says so). The card's test accuracy is measured
 here, in fp32 on the CPU, on the full 10,000 test images, from the weights file just written (so that any CPU
-reproduces it: tests/test_shipped.py does), not copied from training's metrics (bf16 where the CPU has it).
+reproduces it: tests/inference/test_shipped.py does), not copied from training's metrics (bf16 where the CPU
+has it).
 
     nin train --preset fast --out runs/fast
     python benchmarks/ship_weights.py runs/fast --name fast \
@@ -14,10 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
-import io
-import json
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -28,44 +26,31 @@ import nin
 from nin.api import Run, load_weights
 from nin.data.batches import resize
 from nin.errors import NinError
+from nin.inference import pretrained
 from nin.inference.shipped import WEIGHTS_DIR
-from nin.io import atomic_write_bytes, atomic_write_text
 from nin.models.nin import layer_summary
-from nin.training.checkpoint import model_from_state
 from nin.training.provenance import _git_commit
 
 
 def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) -> dict:
-    """Write `out`/NAME.pt and NAME.json from the run in `run_dir`; returns the card."""
+    """Write `out`/NAME/ from the run in `run_dir`; returns its config.json (the model card)."""
     run = nin.load(run_dir)
     sessions = (run.record or {}).get("sessions", [])
     if not sessions or sessions[-1]["status"] != "finished" or len(run.metrics) != run.config.epochs:
         raise NinError(f"{run_dir}: not a finished run with a run record; ship only runs that trained to the end")
-    state = run.model.state_dict()
-    if any(t.is_floating_point() and t.dtype != torch.float32 for t in state.values()):
-        raise NinError(f"{run_dir}: the weights are not all fp32")
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    weights = out / f"{name}.pt"
-    atomic_write_bytes(weights, buffer.getvalue())
+    config = dataclasses.replace(run.config, precision="fp32")  # how every load of the card evaluates
+    folder, card = out / name, {"name": name, "description": description}
+    pretrained.save(folder, run.model, config, run.spec, run.record, run.metrics, card)
 
     # measured from the file just written, in fp32 on the CPU, as `nin evaluate --weights NAME` measures it
-    config = dataclasses.replace(run.config, precision="fp32")  # how every load of the card evaluates
-    reread = torch.load(weights, map_location="cpu", weights_only=True)
-    data = run.spec.to_dict()  # what a checkpoint's "data" entry holds
-    model, _, spec = model_from_state({"model": reread, "config": config.to_dict(), "data": data}, weights)
+    model, config, spec, _ = pretrained.read(folder)
     with tempfile.TemporaryDirectory() as tmp:
-        result = Run(run.path, weights, config, model, run.metrics, run.record, spec).evaluate(
+        result = Run(folder, folder / pretrained.WEIGHTS, config, model, run.metrics, run.record, spec).evaluate(
             device="cpu", plot=Path(tmp) / "confusion.png"
         )
     rows = layer_summary(model, config.resize, spec.channels)
     gap, error = margins(model, config.resize)
-    card = {
-        "name": name,
-        "description": description,
-        "dataset": data["dataset"],
-        "classes": data["classes"],
-        "data": data,
+    card["evaluation"] = {
         "test_acc": result["test_acc"],
         "test_correct": round(result["test_acc"] * result["examples"]),
         "test_images": result["examples"],
@@ -75,21 +60,11 @@ def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) ->
         "per_class_acc": {c: round(a, 4) for c, a in result["per_class_acc"].items()},
         "parameters": sum(r["params"] for r in rows),
         "macs": sum(r["macs"] for r in rows),
-        "input": [spec.channels, config.resize, config.resize],
-        "command": shlex.join(sessions[0]["command"]),
-        "seed": run.config.seed,
-        "config": config.to_dict(),
-        "metrics": run.metrics,
-        "record": run.record,
-        "nin_commit": sessions[0]["nin_commit"],
         "measured_commit": _git_commit(),
         "torch": torch.__version__,
-        "weights": weights.name,
-        "weights_bytes": weights.stat().st_size,
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
     }
-    atomic_write_text(out / f"{name}.json", json.dumps(card, indent=2) + "\n")
-    return card
+    pretrained.save(folder, model, config, spec, run.record, run.metrics, card)  # the same weights, now with the card
+    return pretrained.read(folder)[3]
 
 
 def margins(model: torch.nn.Module, size: int) -> tuple[float, float]:
@@ -119,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except NinError as e:
         print(f"ship_weights: error: {e}", file=sys.stderr)
         return 2
-    print(f"{args.out / card['weights']}, {args.out / args.name}.json: test accuracy {card['test_acc']:.4f} (fp32)")
+    print(f"{args.out / args.name}: test accuracy {card['evaluation']['test_acc']:.4f} (fp32)")
     return 0
 
 

@@ -11,7 +11,7 @@ is internal and may change.
 """
 
 from nin import data
-from nin.api import Run, build_model, load, load_weights, train
+from nin.api import Run, build_model, from_pretrained, load, load_weights, train
 from nin.config import Config, load_preset, presets
 from nin.data.registry import load_fashion_mnist
 from nin.data.types import CLASS_NAMES
@@ -27,6 +27,7 @@ __all__ = [
     "Run",
     "build_model",
     "data",
+    "from_pretrained",
     "init_weights",
     "layer_summary",
     "load",

@@ -8,6 +8,7 @@ and `report` call `load` and the `Run` method of the same name), so a run traine
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,11 @@ from nin.errors import NinError
 from nin.inference.cam import cam as draw_class_maps
 from nin.inference.evaluate import evaluate as evaluate_model
 from nin.inference.evaluate import predict as predict_images
+from nin.inference.pretrained import WEIGHTS, fetch, has_description, save, save_state_dict
+from nin.inference.pretrained import read as read_described
+from nin.inference.shipped import names as shipped_names
+from nin.inference.shipped import path_of as shipped_path
 from nin.inference.shipped import read as read_shipped
-from nin.io import atomic_torch_save
 from nin.models.nin import NiN, layer_summary
 from nin.models.registry import MODELS, smallest_input
 from nin.report.page import report as write_report
@@ -31,6 +35,7 @@ from nin.training.rundir import FILES, RunDir, new_run_path
 from nin.training.runtime import is_main_process
 
 DEFAULT_PRESET = "fast"
+FORMATS = ("state-dict", "safetensors", "onnx")
 
 
 @dataclass(eq=False, repr=False)
@@ -53,7 +58,7 @@ class Run:
     metrics: list[dict]
     record: dict | None
     spec: Spec
-    card: dict | None = None  # the model card of shipped weights (nin/weights/NAME.json); None for a run
+    card: dict | None = None  # the model card of shipped weights (their config.json); None for a run
 
     def __repr__(self) -> str:
         acc = "no epoch yet" if self.test_acc is None else f"test acc {self.test_acc:.4f}"
@@ -137,26 +142,40 @@ class Run:
         """
         return write_report(self, Path(out) if out else self._file("report"), data_dir, device, test_limit)
 
-    def export(self, out: str | Path | None = None, format: str = "state-dict") -> Path:
-        """Write the trained network out; returns the file's path. `state-dict`: the weights as a plain
+    def export(self, out: str | Path | None = None, format: str = "state-dict", quantize: str | None = None,
+               data_dir: str | Path | None = None) -> Path:  # fmt: skip
+        """Write the trained network out; returns the path written. `state-dict`: the weights as a plain
         state_dict (default: weights.pt in the run directory), which the seed notebook loads into its own
-        `nn.Sequential` with `net.load_state_dict(torch.load(path))`. `onnx`: an ONNX model for
-        onnxruntime (default: model.onnx), float32 (N, C, H, W) images in [0, 1] in, logits out.
+        `nn.Sequential` with `net.load_state_dict(torch.load(path))`, with its description beside it
+        (weights.json), so that `nin.load` knows its network and classes. `safetensors`: the directory `out`
+        with model.safetensors, config.json and README.md (the model card), which `nin.from_pretrained` and
+        the Hugging Face Hub read. `onnx`: an ONNX model for onnxruntime (default: model.onnx), float32
+        (N, C, H, W) images in [0, 1] in, logits out; with `quantize="int8"`, statically quantized to int8,
+        calibrated on training images (from `data_dir`, else where the run found them; default model-int8.onnx).
 
         >>> run.export("nin.pt")
         PosixPath('nin.pt')
-        >>> run.export("nin.onnx", format="onnx")
+        >>> run.export("nin-fast", format="safetensors")
+        PosixPath('nin-fast')
+        >>> run.export("nin.onnx", format="onnx", quantize="int8")
         PosixPath('nin.onnx')
         """
-        if format not in ("state-dict", "onnx"):
-            raise NinError(f"unknown export format {format!r}; choose from state-dict, onnx")
-        path = Path(out) if out else self._file("weights" if format == "state-dict" else "onnx")
-        if format == "onnx":
-            from nin.inference.export import to_onnx  # the ONNX packages: only when asked for
+        if format not in FORMATS:
+            raise NinError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+        if quantize not in (None, "int8") or (quantize and format != "onnx"):
+            raise NinError(f"--quantize {quantize}: int8 is the one quantization, for --format onnx")
+        if format == "safetensors":
+            if out is None:
+                raise NinError("--format safetensors writes a directory: give it with --out DIR")
+            card = {k: self.card[k] for k in ("name", "description", "evaluation")} if self.card else None
+            return save(Path(out), self.model, self.config, self.spec, self.record, self.metrics, card)
+        if format == "state-dict":
+            path = Path(out) if out else self._file("weights")
+            return save_state_dict(path, self.model, self.config, self.spec, self.record, self.metrics)
+        from nin.inference.export import to_onnx  # the ONNX packages: only when asked for
 
-            return to_onnx(self.model, self.config, self.spec, path)
-        atomic_torch_save(self.model.state_dict(), path)
-        return path
+        path = Path(out) if out else self._file("onnx_int8" if quantize else "onnx")
+        return to_onnx(self.model, self.config, self.spec, path, self.record, self.metrics, quantize, data_dir)
 
     def summary(self) -> list[dict]:
         """The trained network layer by layer at its input size: name, output shape, parameters, MACs.
@@ -167,18 +186,32 @@ class Run:
         return layer_summary(self.model, self.config.resize, self.spec.channels)
 
 
-def load(path: str | Path, resize: int | None = None) -> Run:
+def load(path: str | Path, resize: int | None = None, dataset: str | None = None) -> Run:
     """The run in a run directory, or in one checkpoint file: read with `weights_only=True`, checked
-    against its SHA-256. A bare state_dict of the seed's `nn.Sequential` (the notebook's
-    `torch.save(net.state_dict(), "nin.pt")`) loads too, as the d2l preset's network at `resize` (default 224).
+    against its SHA-256; or the model in a directory written by `nin export --format safetensors` (or a
+    state_dict file with its description beside it, as `nin export` writes them). A bare state_dict of the
+    seed's `nn.Sequential` (the notebook's `torch.save(net.state_dict(), "nin.pt")`) loads too, as the d2l
+    preset's network at `resize` (default 224) on `dataset`'s data (default: Fashion-MNIST, said on stderr).
 
     >>> run = nin.load("runs/fast")
     >>> run.model(torch.zeros(1, 1, 28, 28)).shape
     torch.Size([1, 10])
     >>> seed = nin.load("nin.pt", resize=224)  # the seed notebook's own weights
     """
-    run, checkpoint = RunDir.of(Path(path))
-    state = read_model_state(checkpoint, resize)
+    path = Path(path)
+    if has_description(path):
+        for flag, value in (("--resize", resize), ("--dataset", dataset)):
+            if value is not None:
+                raise NinError(f"{flag} {value}: {path} comes with its description, which says its input size "
+                               f"and data; {flag} is for a bare state_dict")  # fmt: skip
+        model, config, spec, described = read_described(path)
+        folder = path if path.is_dir() else path.parent
+        weights = folder / WEIGHTS if folder == path or path.name == WEIGHTS else path
+        return Run(folder, weights, config, model, described["metrics"], described["record"], spec)
+    run, checkpoint = RunDir.of(path)
+    state = read_model_state(checkpoint, resize, dataset)
+    if "note" in state:  # a bare state_dict: what was assumed about it, in one line
+        print(f"nin: note: {state['note']}", file=sys.stderr)
     model, config, spec = model_from_state(state, checkpoint)
     record = run.record() if checkpoint == run.file("checkpoint") else None  # another file: not this run's record
     return Run(run.path, checkpoint, config, model, state["metrics"], record, spec)
@@ -189,15 +222,37 @@ def load_weights(name: str) -> Run:
     mode, on the CPU, and its model `card`; the weights file is checked against the SHA-256 on the card.
 
     >>> run = nin.load_weights("fast")
-    >>> run.card["test_acc"], run.model.training
+    >>> run.card["evaluation"]["test_acc"], run.model.training
     (0.9209, False)
     >>> images, labels = nin.load_fashion_mnist("test")
     >>> run.predict(images[:1], top=1)[0]["top"][0]["class"]
     'Ankle boot'
     """
-    state, card, path = read_shipped(name)
-    model, config, spec = model_from_state(state, path)
-    return Run(path.parent / name, path, config, model, card["metrics"], card["record"], spec, card=card)
+    model, config, spec, card = read_shipped(name)
+    path = shipped_path(name)
+    return Run(path, path / WEIGHTS, config, model, card["metrics"], card["record"], spec, card=card)
+
+
+def from_pretrained(name_or_dir: str | os.PathLike) -> Run:
+    """A trained model by where it is: a directory written by `nin export --format safetensors` (or
+    `save_pretrained`), anything else `nin.load` reads, the name of weights that ship with nin, or, with
+    huggingface_hub installed (`pip install 'nin[hub]'`), a Hugging Face Hub repository `user/name`
+    (downloaded into the Hub's cache). Its `model` is in eval mode; `classes` and `config.resize` say what
+    it takes and names. A local path wins over a shipped name; a local directory never touches the network.
+
+    >>> run = nin.from_pretrained("mnist-fast")
+    >>> run.classes[:3], run.config.resize
+    (('0', '1', '2'), 28)
+    """
+    path = Path(name_or_dir)
+    if path.exists():
+        return load(path)
+    if str(name_or_dir) in shipped_names():
+        return load_weights(str(name_or_dir))
+    if str(name_or_dir).count("/") == 1 and not str(name_or_dir).startswith((".", "/")):
+        return load(fetch(str(name_or_dir)))
+    raise NinError(f"{name_or_dir}: no such file or directory, and not the name of shipped weights "
+                   f"({', '.join(shipped_names())}) or a Hub repository (user/name)")  # fmt: skip
 
 
 def train(preset: str | os.PathLike | Config | None = None, out: str | Path | None = None,

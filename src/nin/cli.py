@@ -13,7 +13,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from nin.api import DEFAULT_PRESET, Run, configure, load, load_weights
+from nin.api import DEFAULT_PRESET, FORMATS, Run, configure, load, load_weights
 from nin.config import DEVICES, FIELDS, Config, Recipe, field_types, load_preset, presets
 from nin.errors import NinError
 from nin.training.rundir import new_run_path
@@ -79,7 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
 
     p = commands.add_parser("predict", help="top-3 classes for PNG/JPEG images")
-    _add_model(p, "RUN_DIR|CHECKPOINT|MODEL.onnx")
+    _add_model(p, "RUN_DIR|MODEL_DIR|CHECKPOINT|MODEL.onnx")
     _add_resize(p)
     p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -114,10 +114,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
     _add_data_dir(p)
 
-    p = commands.add_parser("export", help="the trained network as a plain state_dict (the seed's) or ONNX")
+    p = commands.add_parser("export", help="the trained network as a plain state_dict (the seed's), a safetensors "
+                            "model directory (config.json, model card) or ONNX")  # fmt: skip
     _add_model(p)
-    p.add_argument("--format", default="state-dict", choices=("state-dict", "onnx"), help="default: state-dict")
-    p.add_argument("--out", type=Path, help="the file (default: weights.pt or model.onnx in the run directory)")
+    p.add_argument("--format", default="state-dict", choices=FORMATS, help="default: state-dict (with its description "
+                   "beside it, NAME.json); safetensors: the directory --out with model.safetensors, config.json and "
+                   "README.md")  # fmt: skip
+    p.add_argument("--quantize", choices=("int8",), help="onnx only: int8 (static quantization, calibrated on 300 "
+                   "training images)")  # fmt: skip
+    p.add_argument("--out", type=Path, help="the file, or directory for safetensors (default: weights.pt, model.onnx "
+                   "or model-int8.onnx in the run directory)")  # fmt: skip
+    _add_data_dir(p)
     _add_resize(p)
 
     p = commands.add_parser("weights", help="the trained weights that ship with nin, with their model cards")
@@ -134,7 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model(p: argparse.ArgumentParser, metavar: str = "RUN_DIR|CHECKPOINT") -> None:
+def _add_model(p: argparse.ArgumentParser, metavar: str = "RUN_DIR|MODEL_DIR|CHECKPOINT") -> None:
     p.add_argument("checkpoint", type=Path, nargs="?", metavar=metavar)
     p.add_argument("--weights", metavar="NAME", help="weights that ship with nin instead (`nin weights` lists "
                    "them); outputs then default to the current directory, as NAME-<file>")  # fmt: skip
@@ -145,12 +152,13 @@ def load_model(args: argparse.Namespace) -> Run:
     if args.weights is None:
         if args.checkpoint is None:
             raise NinError("give a run directory or checkpoint, or --weights NAME (`nin weights` lists them)")
-        return load(args.checkpoint, args.resize)
+        return load(args.checkpoint, args.resize, args.dataset)
     if args.checkpoint is not None and not hasattr(args, "images"):  # predict and cam take it as an image
         raise NinError(f"give either {args.checkpoint} or --weights {args.weights}, not both")
-    if getattr(args, "resize", None) is not None:
-        raise NinError(f"--resize {args.resize}: shipped weights know their input size; --resize is for a bare "
-                       "state_dict")  # fmt: skip
+    for flag, value in (("--resize", args.resize), ("--dataset", args.dataset)):
+        if value is not None:
+            raise NinError(f"{flag} {value}: shipped weights know their input size and data; {flag} is for a bare "
+                           "state_dict")  # fmt: skip
     return load_weights(args.weights)
 
 
@@ -162,6 +170,9 @@ def images_of(args: argparse.Namespace) -> list[Path]:
 def _add_resize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", type=int, help="for a bare state_dict of the seed's nn.Sequential: its input side "
                    "length (default 224); a nin checkpoint knows its own")  # fmt: skip
+    p.add_argument("--dataset", choices=[d for d in FIELDS["dataset"].metadata["choices"] if d != "folder"],
+                   help="for a bare state_dict: the data it was trained on, which names its classes (default: "
+                   "fashion-mnist, said on stderr); a nin checkpoint knows its own")  # fmt: skip
 
 
 def add_config_flags(p: argparse.ArgumentParser, cls: type = Config) -> None:
@@ -386,8 +397,9 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    path = load_model(args).export(args.out, args.format)
-    print(f"{'ONNX model' if args.format == 'onnx' else 'state_dict'}: {path}")
+    path = load_model(args).export(args.out, args.format, args.quantize, args.data_dir)
+    kind = {"state-dict": "state_dict", "safetensors": "model directory", "onnx": "ONNX model"}[args.format]
+    print(f"{kind}{' (int8)' if args.quantize else ''}: {path}")
     return 0
 
 

@@ -14,6 +14,7 @@ from nin.cli import main
 from nin.data.batches import resize
 from nin.data.registry import load_fashion_mnist
 from nin.errors import NinError
+from nin.training.description import describe
 from seed_nin import seed_net
 
 
@@ -88,8 +89,10 @@ def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_p
         assert (got - expected[: len(batch)]).abs().max() <= 1e-4
         assert torch.equal(got.argmax(1), expected[: len(batch)].argmax(1))
     props = {p.key: p.value for p in onnx.load(run / "model.onnx").metadata_props}
-    assert json.loads(props["class_names"])[9] == "Ankle boot" and json.loads(props["input_size"]) == [1, 67, 67]
-    assert props["dataset"] == "fashion-mnist" and props["nin_version"] == nin.__version__
+    described = {key: json.loads(value) for key, value in props.items()}
+    assert described == describe(model.config, model.spec, model.model.state_dict(), model.record, model.metrics)
+    assert described["id2label"]["9"] == "Ankle boot" and described["input_size"] == [1, 67, 67]
+    assert described["dataset"] == "fashion-mnist" and described["nin_version"] == nin.__version__
 
 
 def test_onnx_without_the_export_extra_is_one_clear_error(trained_run, tmp_path, monkeypatch, capsys):
@@ -131,3 +134,49 @@ def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_g
     x = torch.rand(5, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(onnx(x), net(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow  # not a process of its own, but export + quantization take seconds: out of the quick tier
+def test_int8_export_of_a_tiny_network_predicts_as_fp32_does(tmp_path, monkeypatch, capsys):
+    """Static int8 quantization (a few calibration images here): quantized operators in the graph, the same
+    description in the metadata, the fp32 model's predictions on most test images, and nin predict runs it."""
+    onnx = pytest.importorskip("onnx")
+    from nin.inference import export
+    from nin.inference.export import OnnxModel
+
+    monkeypatch.setattr(export, "CALIBRATION", 32)
+    run = nin.train("fast", out=tmp_path / "run", width=4, epochs=1, train_limit=512, test_limit=64, device="cpu",
+                    precision="fp32")  # fmt: skip
+    capsys.readouterr()
+    assert main(["export", str(run.path), "--format", "onnx", "--quantize", "int8"]) == 0
+    assert capsys.readouterr().out.strip() == f"ONNX model (int8): {run.path / 'model-int8.onnx'}"
+    int8, fp32 = run.path / "model-int8.onnx", run.export(format="onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in onnx.load(int8).graph.node}
+    props = lambda path: {p.key: p.value for p in onnx.load(path).metadata_props}  # noqa: E731
+    assert props(int8) == props(fp32)
+    images = load_fashion_mnist("test")[0][:200]
+    x = resize(images, 28)
+    agree = (OnnxModel(int8)(x).argmax(1) == OnnxModel(fp32)(x).argmax(1)).float().mean().item()
+    assert agree >= 0.9, agree
+    png = tmp_path / "boot.png"
+    Image.fromarray(images[0].numpy()).save(png)
+    assert main(["predict", str(int8), str(png)]) == 0
+    assert capsys.readouterr().out.startswith(f"{png}: ")
+
+
+@pytest.mark.slow  # two exports and the full test set: seconds each
+@pytest.mark.parametrize("name", ["fast", "mnist-fast"])
+def test_int8_shipped_weights_stay_within_half_a_point_of_fp32_on_the_full_test_set(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from nin.data.registry import load_split
+    from nin.inference.evaluate import logits
+    from nin.inference.export import OnnxModel
+
+    run = nin.load_weights(name)
+    test = load_split(run.spec.dataset, "test")
+    accuracy = {}
+    for quantize in (None, "int8"):
+        model = OnnxModel(run.export(tmp_path / f"{quantize}.onnx", format="onnx", quantize=quantize))
+        accuracy[quantize] = (logits(model, test.images, 28).argmax(1) == test.labels).float().mean().item()
+    assert len(test) == 10_000 and accuracy[None] == pytest.approx(run.card["evaluation"]["test_acc"], abs=2e-4)
+    assert abs(accuracy["int8"] - accuracy[None]) <= 0.005, accuracy

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 import nin
 from helpers import check_page
@@ -44,40 +45,44 @@ def test_fast_ships_and_is_the_fast_preset_with_seed_0(fast):
     assert fast.config.precision == "fp32"  # shipped weights evaluate in fp32, whatever trained them
     assert not fast.model.training
     assert fast.card["record"]["sessions"][-1]["status"] == "finished"
-    assert "train --preset fast" in fast.card["command"]
+    assert "train --preset fast" in shlex.join(fast.card["source"]["command"])
+    assert fast.card["source"]["preset"] == "fast" and fast.card["source"]["seed"] == 0
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_model_card_holds_for_its_weights(name, tmp_path):
     """The card's test accuracy, re-measured from the weights file in fp32 on the CPU on all 10,000 test
-    images, exactly; and its parameters, MACs, size and SHA-256."""
+    images, exactly; and its parameters, MACs and SHA-256; the model card README.md says the same."""
     run = nin.load_weights(name)
-    card = run.card
+    card, measured = run.card, run.card["evaluation"]
     result = run.evaluate(device="cpu", plot=tmp_path / "confusion.png")
-    assert (result["precision"], result["examples"], card["test_images"]) == ("fp32", 10_000, 10_000)
-    assert result["test_acc"] == card["test_acc"]
-    assert round(result["test_acc"] * 10_000) == card["test_correct"]
+    assert (result["precision"], result["examples"], measured["test_images"]) == ("fp32", 10_000, 10_000)
+    assert result["test_acc"] == measured["test_acc"]
+    assert round(result["test_acc"] * 10_000) == measured["test_correct"]
     rows = layer_summary(run.model, run.config.resize)
-    assert sum(r["params"] for r in rows) == card["parameters"] == sum(p.numel() for p in run.model.parameters())
-    assert sum(r["macs"] for r in rows) == card["macs"]
-    weights = shipped.WEIGHTS_DIR / card["weights"]
+    assert sum(r["params"] for r in rows) == measured["parameters"] == sum(p.numel() for p in run.model.parameters())
+    assert sum(r["macs"] for r in rows) == measured["macs"]
+    weights = shipped.WEIGHTS_DIR / name / "model.safetensors"
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["sha256"]
-    assert weights.stat().st_size == card["weights_bytes"]
-    state = torch.load(weights, weights_only=True)
+    state = load_file(weights)
     assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())
-    assert card["classes"] == list(run.classes) and card["seed"] == card["config"]["seed"]
-    assert card["nin_commit"] == card["record"]["sessions"][0]["nin_commit"]
+    assert list(card["id2label"].values()) == list(run.classes) and card["source"]["seed"] == card["training"]["seed"]
+    assert card["source"]["nin_commit"] == card["record"]["sessions"][0]["nin_commit"]
     assert card["metrics"] == run.metrics and len(run.metrics) == run.config.epochs
+    readme = (shipped.WEIGHTS_DIR / name / "README.md").read_text()
+    assert (
+        readme.startswith("---\nlibrary_name: nin\n") and f"| test accuracy | {measured['test_acc']:.4f} on" in readme
+    )
 
 
 def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch, capsys):
     weights = tmp_path / "weights"
     shutil.copytree(shipped.WEIGHTS_DIR, weights)
-    data = bytearray((weights / "fast.pt").read_bytes())
-    data[len(data) // 2] ^= 1  # one bit, inside the tensor data: torch.load alone would not notice
-    (weights / "fast.pt").write_bytes(bytes(data))
+    data = bytearray((weights / "fast" / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 1  # one bit, inside the tensor data: the safetensors reader alone would not notice
+    (weights / "fast" / "model.safetensors").write_bytes(bytes(data))
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", weights)
-    with pytest.raises(nin.NinError, match="fast.pt: its SHA-256 differs from the one on its model card"):
+    with pytest.raises(nin.NinError, match="model.safetensors: its SHA-256 differs from the one in config.json"):
         nin.load_weights("fast")
     assert main(["evaluate", "--weights", "fast"]) == 2
     assert "reinstall nin" in capsys.readouterr().err
@@ -91,12 +96,12 @@ def test_unknown_name_lists_the_names(capsys):
 
 
 def test_a_name_outside_the_weights_folder_reads_nothing_there(tmp_path, monkeypatch, capsys):
-    """--weights ../x must not read an x.json beside the weights folder (nor anywhere else)."""
+    """--weights ../x must not read a model directory x beside the weights folder (nor anywhere else)."""
     weights = tmp_path / "weights"
     shutil.copytree(shipped.WEIGHTS_DIR, weights)
-    shutil.copy(weights / "fast.json", tmp_path / "x.json")  # a card that would load, one folder up
+    shutil.copytree(weights / "fast", tmp_path / "x")  # weights that would load, one folder up
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", weights)
-    for name in ("../x", str(tmp_path / "x"), "fast.json", ""):
+    for name in ("../x", str(tmp_path / "x"), "fast/config.json", ""):
         with pytest.raises(nin.NinError, match=f"no shipped weights named {name!r}; choose from fast"):
             nin.load_weights(name)
     assert main(["evaluate", "--weights", "../x"]) == 2
@@ -108,7 +113,7 @@ def test_nin_weights_lists_the_cards(fast, capsys):
     out = capsys.readouterr().out
     for name in NAMES:
         assert f"{name}: " in out
-    assert f"test accuracy  {fast.card['test_acc']:.4f} (" in out and fast.card["sha256"] in out
+    assert f"test accuracy  {fast.card['evaluation']['test_acc']:.4f} (" in out and fast.card["sha256"] in out
     assert main(["weights", "fast", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [fast.card]
 
@@ -125,12 +130,12 @@ def test_every_command_takes_weights_and_writes_into_the_current_directory(fast,
     assert main(["cam", "--weights", "fast", "boot.png"]) == 0
     assert main(["report", "--weights", "fast", "--test-limit", "200"]) == 0
     assert main(["export", "--weights", "fast"]) == 0
-    made = {"fast-confusion_matrix.png", "fast-cam.png", "fast-report.html", "fast-weights.pt"}
+    made = {"fast-confusion_matrix.png", "fast-cam.png", "fast-report.html", "fast-weights.pt", "fast-weights.json"}
     assert {p.name for p in in_tmp.iterdir()} == made | {"boot.png"}
     assert sorted(p.name for p in shipped.WEIGHTS_DIR.parent.rglob("*")) == package  # nothing written there
     check_page(in_tmp / "fast-report.html")
-    exported = nin.load("fast-weights.pt", resize=28)
-    assert exported.predict(images[:1]) == fast.predict(images[:1])
+    exported = nin.load("fast-weights.pt")  # its description beside it says the input size
+    assert exported.predict(images[:1]) == fast.predict(images[:1]) and exported.config.resize == 28
 
 
 @pytest.mark.parametrize(
@@ -148,7 +153,7 @@ def test_bad_weights_arguments(args, fragment, capsys):
 
 
 def test_ship_weights_writes_a_card_that_loads(tmp_path, monkeypatch, capsys):
-    """benchmarks/ship_weights.py on a tiny real run: the two files, and the card measured from them."""
+    """benchmarks/ship_weights.py on a tiny real run: the directory, and the card measured from its weights."""
     spec = importlib.util.spec_from_file_location("ship_weights", BENCHMARKS / "ship_weights.py")
     ship_weights = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship_weights)
@@ -160,14 +165,15 @@ def test_ship_weights_writes_a_card_that_loads(tmp_path, monkeypatch, capsys):
     assert "not a finished run with a run record" in capsys.readouterr().err
     assert ship_weights.main([str(run.path), "--name", "tiny", "--description", "a tiny run",
                               "--out", str(tmp_path / "weights")]) == 0  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["tiny.json", "tiny.pt"]
+    assert sorted(p.name for p in (tmp_path / "weights" / "tiny").iterdir()) == ["README.md", "config.json",
+                                                                               "model.safetensors"]  # fmt: skip
     tiny = nin.load_weights("tiny")
-    card = tiny.card
-    assert card["test_acc"] == tiny.evaluate(device="cpu", plot=tmp_path / "c.png")["test_acc"]
-    assert card["test_images"] == 10_000 and card["record"] == run.record and card["metrics"] == run.metrics
-    assert card["config"] == {**run.config.to_dict(), "precision": "fp32"} and card["seed"] == run.config.seed
-    assert card["command"] == shlex.join(run.record["sessions"][0]["command"])
-    assert 0 <= card["fp32_error"] < 1e-4 and card["smallest_top2_gap"] >= 0
+    card, measured = tiny.card, tiny.card["evaluation"]
+    assert measured["test_acc"] == tiny.evaluate(device="cpu", plot=tmp_path / "c.png")["test_acc"]
+    assert measured["test_images"] == 10_000 and card["record"] == run.record and card["metrics"] == run.metrics
+    assert card["training"] == {**run.config.to_dict(), "precision": "fp32"} and card["source"]["seed"] == 0
+    assert card["source"]["command"] == run.record["sessions"][0]["command"]
+    assert 0 <= measured["fp32_error"] < 1e-4 and measured["smallest_top2_gap"] >= 0
     for key, value in run.model.state_dict().items():
         assert torch.equal(value, tiny.model.state_dict()[key])
 
@@ -175,6 +181,6 @@ def test_ship_weights_writes_a_card_that_loads(tmp_path, monkeypatch, capsys):
 def test_package_data_holds_the_weights_and_the_page():
     patterns = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]["nin"]
     package = Path(nin.__file__).parent
-    for path in [*shipped.WEIGHTS_DIR.iterdir(), package / "serve" / "page.html"]:
+    for path in [*(p for p in shipped.WEIGHTS_DIR.rglob("*") if p.is_file()), package / "serve" / "page.html"]:
         relative = path.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative

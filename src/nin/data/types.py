@@ -77,10 +77,15 @@ class Spec:
         return data.with_channels(self.channels)
 
     @staticmethod
-    def from_dict(values: dict | None, source: object) -> Spec:
-        """A checkpoint's `data` entry (`source` names the checkpoint in errors); checkpoints from before
-        datasets existed are Fashion-MNIST."""
+    def from_dict(values: dict | None, source: object = "the model description") -> Spec:
+        """A checkpoint's `data` entry (`source` names the checkpoint in errors), or a model description
+        (nin.training.description: config.json, ONNX metadata); checkpoints from before datasets existed are
+        Fashion-MNIST."""
         values = dict(values or {})
+        if "id2label" in values:
+            labels = values["id2label"]
+            return Spec(values["dataset"], tuple(labels[str(i)] for i in range(len(labels))), values["in_channels"],
+                        values["image_size"], values["data_dir"])  # fmt: skip
         if unknown := sorted(set(values) - {f.name for f in fields(Spec)}):
             raise NinError(f"{source}: its data entry has {', '.join(map(repr, unknown))}, which this nin does not "
                            "know: it was written by a newer nin; upgrade nin to read it")  # fmt: skip

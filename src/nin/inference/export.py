@@ -11,30 +11,42 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from nin.config import Config
+from nin.data.batches import resize
+from nin.data.registry import load_split
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.io import atomic_write_bytes
+from nin.training.description import FORMAT, describe
 
 EXTRA = "pip install 'nin[export]' (onnx, onnxscript and onnxruntime)"
 
 
-def to_onnx(model: nn.Module, config: Config, spec: Spec, path: Path) -> Path:
+CALIBRATION = 300  # training images int8 quantization calibrates activation ranges on
+
+
+def to_onnx(model: nn.Module, config: Config, spec: Spec, path: Path, record: dict | None = None,
+            metrics: list[dict] | None = None, quantize: str | None = None,
+            data_dir: str | Path | None = None) -> Path:  # fmt: skip
     """Write `model` as one self-contained ONNX file: input `images`, float32 (N, C, H, W) in [0, 1] at
     the run's input size (N free; a normalising run's mean and std are inside the graph), output `logits`
-    (N, classes); class names, input size, dataset, stored image size and nin version in its metadata."""
+    (N, classes); the model's description (nin/training/description.py: classes, input size, data, where
+    it came from) in its metadata, one JSON value per field. With `quantize="int8"`: onnxruntime's static
+    quantization (int8 weights per channel, uint8 activations, QDQ format), its activation ranges
+    calibrated on `CALIBRATION` training images (from `data_dir`, else where the run found them)."""
     try:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
         raise NinError(f"ONNX export needs the export extra: {EXTRA}") from None
-    from nin.version import __version__
 
+    calibration = _calibration_images(config, spec, data_dir) if quantize else None  # bad data: before the export
     # the exporter logs a warning per torchvision operator it cannot register; nin uses none of them
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     example = torch.zeros(2, spec.channels, config.resize, config.resize)
@@ -42,18 +54,44 @@ def to_onnx(model: nn.Module, config: Config, spec: Spec, path: Path) -> Path:
                                 dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
                                 verbose=False)  # fmt: skip
     proto = program.model_proto
-    metadata = {
-        "class_names": json.dumps(spec.classes),
-        "input_size": json.dumps([spec.channels, config.resize, config.resize]),
-        "input_range": "[0, 1]: pixel / 255" + ("; normalised inside the graph" if config.normalize else ""),
-        "dataset": spec.dataset,
-        "image_size": json.dumps(spec.size),  # images are brought to this size first, then resized to input_size
-        "arch": config.arch,
-        "nin_version": __version__,
-    }
-    onnx.helper.set_model_props(proto, metadata)
+    if calibration is not None:
+        proto = _int8(proto, calibration)
+    description = describe(config, spec, model.state_dict(), record, metrics)
+    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in description.items()})
     atomic_write_bytes(path, proto.SerializeToString())
     return path
+
+
+def _calibration_images(config: Config, spec: Spec, data_dir: str | Path | None) -> torch.Tensor:
+    """`CALIBRATION` training images, drawn with a fixed seed, as the network takes them (float, resized)."""
+    train = load_split(config.dataset, "train", data_dir or spec.data_dir, config.image_size, config.skip_bad_images)
+    train = spec.check(train, str(data_dir or spec.data_dir or f"the {config.dataset} data"))
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION]
+    return resize(train.images[pick.sort().values], config.resize)
+
+
+def _int8(proto: object, images: torch.Tensor) -> object:
+    """The fp32 ONNX model `proto` quantized by onnxruntime (pre-processed first: shapes inferred, BatchNorm
+    folded into the convolutions), calibrated on `images` by their activations' min and max."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(images.split(100))
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch.numpy()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, ready, int8 = (Path(tmp) / name for name in ("fp32.onnx", "ready.onnx", "int8.onnx"))
+        onnx.save(proto, fp32)
+        quant_pre_process(str(fp32), str(ready))
+        quantize_static(str(ready), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        return onnx.load(int8)
 
 
 class OnnxModel:
@@ -69,9 +107,10 @@ class OnnxModel:
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             meta = self.session.get_modelmeta().custom_metadata_map
-            channels, _, self.resize = json.loads(meta["input_size"])
-            self.spec = Spec(meta["dataset"], tuple(json.loads(meta["class_names"])), channels,
-                             json.loads(meta.get("image_size", "28")))  # fmt: skip
+            description = {key: json.loads(value) for key, value in meta.items()}
+            if description.get("format") != FORMAT:
+                raise KeyError(f"no format '{FORMAT}' in its metadata")
+            self.resize, self.spec = description["input_size"][-1], Spec.from_dict(description)
         except (ort.Fail, ort.InvalidProtobuf, ort.InvalidGraph, ort.NoSuchFile, KeyError, ValueError, OSError) as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise NinError(f"{path}: not an ONNX model written by nin export ({first})") from None

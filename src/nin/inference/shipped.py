@@ -1,68 +1,68 @@
 """Trained weights that ship with nin, each with its model card, usable right after `pip install`.
 
-Each is two files in nin/inference/weights/: NAME.pt, the network's plain state_dict (fp32), and NAME.json, its model
-card: dataset, classes, test accuracy measured in fp32 on the CPU from NAME.pt itself, parameters, MACs, the
-command and seed that trained it, the run's config, metrics and record (run.json), and the SHA-256 of NAME.pt,
-checked on every load. Adding weights is dropping those two files in; benchmarks/ship_weights.py writes them
-from a trained run directory.
+Each is a directory nin/inference/weights/NAME/ in the directory form of nin/inference/pretrained.py:
+model.safetensors (fp32), config.json (the model's description, the run's config, metrics and record, the
+SHA-256 of model.safetensors, checked on every load, and `evaluation`: the test accuracy measured in fp32 on
+the CPU from the weights file itself, parameters, MACs) and README.md (the model card). Adding weights is
+dropping such a directory in; benchmarks/ship_weights.py writes one from a trained run directory.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
-import torch
-
+from nin.config import Config
+from nin.data.types import Spec
 from nin.errors import NinError
+from nin.inference.pretrained import CONFIG, WEIGHTS
+from nin.inference.pretrained import read as read_dir
+from nin.models.nin import NiN
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def names() -> list[str]:
-    """The shipped weights' names (one per model card in nin/weights/)."""
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json"))
+    """The shipped weights' names (one per directory with a config.json in nin/inference/weights/)."""
+    return sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / CONFIG).is_file()) if WEIGHTS_DIR.is_dir() else []
 
 
-def card(name: str) -> dict:
-    """The model card of the shipped weights `name`: one of `names()`, so that no other path is ever read."""
-    path = WEIGHTS_DIR / f"{name}.json"
+def path_of(name: str) -> Path:
+    """The directory of the shipped weights `name`."""
     if name not in names():
         raise NinError(f"no shipped weights named {name!r}; choose from {', '.join(names()) or 'none'} "
                        "(`nin weights` shows their model cards)")  # fmt: skip
-    return json.loads(path.read_text())
+    return WEIGHTS_DIR / name
 
 
-def read(name: str) -> tuple[dict, dict, Path]:
-    """The shipped weights `name`: (the state `model_from_state` takes, the model card, the weights file), after
-    checking the weights file against the SHA-256 on the model card."""
-    info = card(name)
-    path = WEIGHTS_DIR / info["weights"]
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != info["sha256"]:
-        raise NinError(f"{path}: its SHA-256 differs from the one on its model card ({name}.json), so the file "
-                       "was changed or damaged; reinstall nin to get the shipped weights back")  # fmt: skip
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return {"model": state, "config": info["config"], "data": info["data"]}, info, path
+def card(name: str) -> dict:
+    """The model card of the shipped weights `name` (its config.json): one of `names()`, so that no other path
+    is ever read."""
+    return json.loads((path_of(name) / CONFIG).read_text())
+
+
+def read(name: str) -> tuple[NiN, Config, Spec, dict]:
+    """The shipped weights `name`: (network, config, spec, model card), checked against the card's SHA-256."""
+    return read_dir(path_of(name), hint="reinstall nin to get the shipped weights back")
 
 
 def render(info: dict) -> str:
     """A model card as text, as `nin weights` prints it."""
-    session = info["record"]["sessions"][0]
+    session, measured, training = info["record"]["sessions"][0], info["evaluation"], info["training"]
+    classes = list(info["id2label"].values())
     lines = [
         f"{info['name']}: {info['description']}",
-        f"  dataset        {info['dataset']} ({len(info['classes'])} classes: {', '.join(info['classes'])})",
-        f"  test accuracy  {info['test_acc']:.4f} ({info['test_correct']:,} of {info['test_images']:,} test images; "
-        f"{info['evaluated']}; smallest top-2 logit gap {info['smallest_top2_gap']:.1e}, fp32 error "
-        f"{info['fp32_error']:.1e}: the same on any CPU)",
-        f"  network        {info['config']['arch']}, width {info['config']['width']}, input "
-        f"{'x'.join(map(str, info['input']))}: {info['parameters']:,} parameters, {info['macs']:,} MACs per image",
-        f"  trained by     {info['command']} (seed {info['seed']}, {session['precision']}, "
+        f"  dataset        {info['dataset']} ({len(classes)} classes: {', '.join(classes)})",
+        f"  test accuracy  {measured['test_acc']:.4f} ({measured['test_correct']:,} of {measured['test_images']:,} "
+        f"test images; {measured['evaluated']}; smallest top-2 logit gap {measured['smallest_top2_gap']:.1e}, fp32 "
+        f"error {measured['fp32_error']:.1e}: the same on any CPU)",
+        f"  network        {info['arch']}, width {info['width']}, input {'x'.join(map(str, info['input_size']))}: "
+        f"{measured['parameters']:,} parameters, {measured['macs']:,} MACs per image",
+        f"  trained by     {' '.join(info['source']['command'])} (seed {training['seed']}, {session['precision']}, "
         f"{session['wall_seconds']:.0f} s on {session['cpu'] if session['device'] == 'cpu' else session['device']}, "
         f"torch {session['torch']})",
-        f"  nin commit     {info['nin_commit']} (trained), {info['measured_commit']} (card measured)",
-        f"  weights        {info['weights']}, {info['weights_bytes']:,} bytes, SHA-256 {info['sha256']}",
+        f"  nin commit     {info['source']['nin_commit']} (trained), {measured['measured_commit']} (card measured)",
+        f"  weights        {info['name']}/{WEIGHTS}, {(WEIGHTS_DIR / info['name'] / WEIGHTS).stat().st_size:,} bytes, "
+        f"SHA-256 {info['sha256']}",
     ]
     return "\n".join(lines)

@@ -10,11 +10,14 @@ from pathlib import Path
 import torch
 
 from nin.config import Config, from_dict, load_preset
+from nin.data.idx import IDX
+from nin.data.registry import load_split
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.io import atomic_torch_save
 from nin.models.nin import NiN, check_resize
 from nin.models.registry import build
+from nin.training.description import describe
 
 FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
 
@@ -42,7 +45,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "position": position,
         "config": config.to_dict(),
-        "data": spec.to_dict(),
+        "data": describe(config, spec, net.state_dict()),  # the model's description, as config.json holds it
         "metrics": metrics,
         "rng": {"torch": rng, "cuda": cuda_rng},
     }
@@ -94,19 +97,25 @@ def is_checkpoint(path: Path) -> bool:
     return isinstance(state, dict) and str(state.get("format", "")).startswith("nin-checkpoint-")
 
 
-def read_model_state(path: Path, resize: int | None = None) -> dict:
+def read_model_state(path: Path, resize: int | None = None, dataset: str | None = None) -> dict:
     """What `nin.load` reads: a nin checkpoint, or a bare state_dict of the seed's `nn.Sequential` (the
     notebook's `torch.save(net.state_dict(), path)`) or of nin-bn, recognised by its keys and shapes. A
     bare state_dict gets the d2l preset's settings (fast's for nin-bn) at `resize` (default: the preset's,
-    224 for the seed's NiN), no metrics and no record."""
+    224 for the seed's NiN), the data of `dataset` (default: Fashion-MNIST for 1 channel and 10 classes), no
+    metrics and no record; its `note` says in one line what was assumed."""
     state = _read(path)
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        config, spec = _recognise(state, path, resize)
-        return {"model": state, "config": config.to_dict(), "data": spec.to_dict(), "metrics": []}
+        config, spec = _recognise(state, path, resize, dataset)
+        note = (f"{path} is a bare state_dict: taken as {config.arch} at {config.resize}x{config.resize} on "
+                f"{spec.dataset} data{'' if dataset else ' (assumed)'}; --dataset and --resize say "
+                "otherwise")  # fmt: skip
+        return {"model": state, "config": config.to_dict(), "data": spec.to_dict(), "metrics": [], "note": note}
     state = _check(path, state)
-    if resize is not None:
-        raise NinError(f"--resize {resize}: {path} is a nin checkpoint, trained at {state['config']['resize']}x"
-                       f"{state['config']['resize']}; --resize is for a bare state_dict")  # fmt: skip
+    for flag, value in (("--resize", resize), ("--dataset", dataset)):
+        if value is not None:
+            raise NinError(f"{flag} {value}: {path} is a nin checkpoint, trained at {state['config']['resize']}x"
+                           f"{state['config']['resize']} on {state['config'].get('dataset', 'fashion-mnist')}; "
+                           f"{flag} is for a bare state_dict")  # fmt: skip
     return state
 
 
@@ -138,17 +147,22 @@ def _check(path: Path, state: object) -> dict:
     return state
 
 
-def _recognise(weights: dict, path: Path, resize: int | None) -> tuple[Config, Spec]:
+def _recognise(weights: dict, path: Path, resize: int | None, dataset: str | None) -> tuple[Config, Spec]:
     """The settings of the network whose state_dict `weights` is (the seed's NiN, or nin-bn of some width)
-    and a Fashion-MNIST-like spec of its data (channels and classes from the first and last weights)."""
+    and the spec of its data: `dataset`'s, else Fashion-MNIST's for 1 channel and 10 classes (channels and
+    classes from the first and last weights)."""
     candidates = [load_preset("d2l")]
     if "0.0.weight" in weights and "0.1.running_mean" in weights:  # BatchNorm after the first conv: nin-bn
         candidates.append(dataclasses.replace(load_preset("fast"), width=weights["0.0.weight"].shape[0]))
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     convs = [v for v in weights.values() if v.dim() == 4]  # the first and the last convolution's weights
     channels, classes = (convs[0].shape[1], convs[-1].shape[0]) if convs else (1, 10)
-    other = (channels, classes) != (1, 10)  # not Fashion-MNIST's shape: class names unknown
-    spec = Spec("unknown", tuple(str(i) for i in range(classes)), channels) if other else Spec()
+    spec = _data_of(dataset, path) if dataset else Spec()
+    if (spec.channels, len(spec.classes)) != (channels, classes):
+        if dataset:
+            raise NinError(f"--dataset {dataset}: {path} is a network for {channels} channel(s) and {classes} "
+                           f"classes, and {dataset} has {spec.channels} and {len(spec.classes)}")  # fmt: skip
+        spec = Spec("unknown", tuple(str(i) for i in range(classes)), channels)  # class names unknown
     for config in candidates:
         net = build(config.arch, config.dropout, config.width, channels, classes)
         if {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes:
@@ -159,6 +173,17 @@ def _recognise(weights: dict, path: Path, resize: int | None) -> tuple[Config, S
         f"{path}: not a nin checkpoint, and a state_dict of a network nin does not know: its keys and shapes "
         "are neither the seed's NiN (d2l's nn.Sequential) nor nin-bn's; use a checkpoint.pt written by nin train"
     )
+
+
+def _data_of(dataset: str, path: Path) -> Spec:
+    """The spec of a named dataset, for a bare state_dict: class names and channels without the training data."""
+    if dataset in IDX:
+        return Spec(dataset, IDX[dataset].classes, 1, 28)
+    if dataset == "folder":
+        raise NinError(f"--dataset folder: a bare state_dict cannot name a folder's classes; export {path} from "
+                       "its run directory (nin export RUN_DIR), which keeps them")  # fmt: skip
+    test = load_split(dataset, "test")  # CIFAR's class names are in its archive
+    return Spec(dataset, test.classes, test.images.shape[1], test.images.shape[-1])
 
 
 def model_from_state(state: dict, path: Path) -> tuple[NiN, Config, Spec]:

@@ -42,7 +42,9 @@ FILES = {
     "compare_md": ("compare.md", "nin compare --out RUN_DIR"),
     "compare_png": ("compare.png", "nin compare --out RUN_DIR"),
     "weights": ("weights.pt", "nin export: the weights as a plain state_dict"),
+    "weights_description": ("weights.json", "nin export: the state_dict's description (network, classes, input)"),
     "onnx": ("model.onnx", "nin export --format onnx"),
+    "onnx_int8": ("model-int8.onnx", "nin export --format onnx --quantize int8"),
 }
 
 
