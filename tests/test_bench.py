@@ -104,3 +104,21 @@ def test_folder_benchmark_writes_the_folders_and_prints_both_loads(tmp_path):
     assert lines[0].startswith("wrote 60 PNG files") and "60 images, stored at 28" in lines[1]
     assert lines[2].startswith("first load (decode every file, write the cache): ") and "MB" in lines[2]
     assert lines[3].startswith("cached load: ") and len(list((tmp_path / "png" / "test").iterdir())) == 10
+
+
+def test_photo_folders_and_the_streaming_benchmark_nin_half(tmp_path):
+    """benchmarks/photos.py writes a tiny train/ + val/ JPEG folder; benchmarks/stream.py measures nin's
+    loader on it (torchvision's half runs only in the benchmark's own venv)."""
+    bench = Path(__file__).parents[1] / "benchmarks"
+    made = subprocess.run([sys.executable, str(bench / "photos.py"), str(tmp_path / "p"), "--sizes", "24", "--val", "6",
+                           "--px", "40", "60"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert len(list((tmp_path / "p" / "24" / "train").rglob("*.JPEG"))) == 24
+    out = tmp_path / "figures.json"
+    command = [sys.executable, str(bench / "stream.py"), str(tmp_path / "p" / "24"), "--loaders", "nin", "--steps", "2",
+               "--json", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["images"] == 24 and row["images_per_sec"] > 0 and row["pss_mb"] > 0 and row["rss_mb"] >= row["pss_mb"]
+    assert "images/s  peak PSS" in result.stdout
