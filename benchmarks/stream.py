@@ -191,10 +191,9 @@ def plot(results: list[dict], path: Path) -> None:
         rows = sorted((r for r in results if (r["loader"], r["torch"]) == loader), key=lambda r: r["images"])
         loader = f"{loader[0]}, torch {loader[1]}"
         n = [r["images"] for r in rows]
-        mem.plot(n, [r["pss_mb"] for r in rows], "o-", label=f"{loader} (PSS)")
-        mem.plot(n, [r["rss_mb"] for r in rows], "o:", label=f"{loader} (RSS, shared counted per process)")
+        mem.plot(n, [r["pss_mb"] for r in rows], "o-", label=loader)
         speed.plot(n, [r["images_per_sec"] for r in rows], "o-", label=loader)
-    mem.set(xlabel="training images", ylabel="peak memory, all processes (MB)", ylim=(0, None))
+    mem.set(xlabel="training images", ylabel="peak memory, main + workers (PSS, MB)", ylim=(0, None))
     speed.set(xlabel="training images", ylabel="training images/s", ylim=(0, None))
     for ax in (mem, speed):
         ax.legend(fontsize=8)
@@ -206,7 +205,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", type=Path, nargs="+", help="image folders (train/ + val/), one per size")
+    parser.add_argument("folders", type=Path, nargs="*", help="image folders (train/ + val/), one per size")
     parser.add_argument("--loaders", nargs="+", default=["nin", "torchvision"], choices=["nin", "torchvision"])
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per run (default 100)")
     parser.add_argument("--epoch", action="store_true", help="instead: one full nin train --stream epoch")
@@ -237,7 +236,7 @@ def main() -> None:
             row = {"folder": str(root), "loader": loader, **json.loads(out.splitlines()[-1]), **figures}
             results.append(row)
             print(f"{row['images']:>7,} images  {loader:<12} {row['images_per_sec']:7.1f} images/s  peak PSS "
-                  f"{row['pss_mb']:6.0f} MB  peak RSS {row['rss_mb']:6.0f} MB  first batch after "
+                  f"{row['pss_mb']:6.0f} MB  peak RSS {row['rss_mb']:6.0f} MB  start + {WARMUP} steps "
                   f"{row['startup_seconds']:.1f} s  (torch {row['torch']})")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

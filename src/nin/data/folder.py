@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def channels_of(root: Path) -> int:
     An unreadable file says nothing of the channels and is passed over here: training names it (or skips it,
     --skip-bad-images), and `nin summary` and `nin sweep` do not stop at it."""
     for c in classes_of(root):
-        for f in _images(root / "train" / c):
+        for f in _walk(root / "train" / c):  # in any order: the first colour image decides
             try:
                 with Image.open(f, formats=FORMATS) as img:
                     if img.mode not in GRAYSCALE:
@@ -135,7 +136,7 @@ def _classes(folder: Path) -> tuple[str, ...]:
     if not classes:
         raise NinError(f"{folder}: no class folders; put each class's images in {folder}/<class name>/")
     for c in classes:
-        if not _images(folder / c):
+        if next(_walk(folder / c), None) is None:
             raise NinError(f"{folder / c}: an empty class folder (no {', '.join(SUFFIXES)} files); add images or "
                            "remove the folder")  # fmt: skip
     return classes
@@ -143,11 +144,14 @@ def _classes(folder: Path) -> tuple[str, ...]:
 
 def _images(folder: Path) -> list[Path]:
     """The image files under `folder`, in nested subfolders too (hidden files and folders left out), sorted."""
-    found = []
+    return sorted(_walk(folder))
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """The image files under `folder` as the file system lists them (one walk; nothing sorted)."""
     for parent, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(parent, f) for f in files if Path(f).suffix.lower() in SUFFIXES and not f.startswith(".")]
-    return sorted(found)
+        yield from (Path(parent, f) for f in files if os.path.splitext(f)[1].lower() in SUFFIXES and f[0] != ".")
 
 
 def _decode(path: Path, size: int, skip_bad: bool) -> torch.Tensor | None:
