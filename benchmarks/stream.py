@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--predict", type=int, nargs="+", metavar="SIZE", help="instead: the rates a prediction needs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--plot", type=Path, help="and plot them here (PNG)")
-    parser.add_argument("--merge", type=Path, help="plot the figures of this earlier --json too")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], help="plot these earlier --json too")
     parser.add_argument("--child", choices=["nin", "torchvision"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -241,7 +241,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     if args.plot and not (args.epoch or args.predict):
-        plot(results + (json.loads(args.merge.read_text()) if args.merge else []), args.plot)
+        plot(results + [row for path in args.merge for row in json.loads(path.read_text())], args.plot)
 
 
 if __name__ == "__main__":
