@@ -46,7 +46,7 @@ def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Any, Any
     test = read("test")
     if test is None:
         if val is None:
-            raise NinError(f"{data_dir}: no test/ folder; add one, or hold out training images to test on "
+            raise NinError(f"{data_dir}: no test/ or val/ folder; add one, or hold out training images to test on "
                            "with --val-split N (nin train, nin sweep)")  # fmt: skip
         test, val = val, None
     test = test.with_channels(train.channels)  # a gray training set and a colour test image, or so
