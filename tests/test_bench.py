@@ -116,3 +116,21 @@ def test_int8_benchmark_prints_both_models_side_by_side():
     assert [r[1] for r in rows[:2]] == ["fp32", "int8"] and rows[2][1:3] == ["int8", "/"]
     assert all(0 <= float(r[3]) <= 1 and float(r[4]) > 0 for r in rows[:2])
     assert "on 100 test images" in result.stdout
+
+
+def test_photo_folders_and_the_streaming_benchmark_nin_half(tmp_path):
+    """benchmarks/photos.py writes a tiny train/ + val/ JPEG folder; benchmarks/stream.py measures nin's
+    loader on it (torchvision's half runs only in the benchmark's own venv)."""
+    bench = Path(__file__).parents[1] / "benchmarks"
+    made = subprocess.run([sys.executable, str(bench / "photos.py"), str(tmp_path / "p"), "--sizes", "24", "--val", "6",
+                           "--px", "40", "60"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert len(list((tmp_path / "p" / "24" / "train").rglob("*.JPEG"))) == 24
+    out = tmp_path / "figures.json"
+    command = [sys.executable, str(bench / "stream.py"), str(tmp_path / "p" / "24"), "--loaders", "nin", "--steps", "2",
+               "--json", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["images"] == 24 and row["images_per_sec"] > 0 and row["pss_mb"] > 0 and row["rss_mb"] >= row["pss_mb"]
+    assert "images/s  peak PSS" in result.stdout

@@ -16,7 +16,7 @@ from nin.config import Config, load_preset, presets
 from nin.data.registry import load_fashion_mnist
 from nin.data.types import CLASS_NAMES
 from nin.errors import NinError
-from nin.models.nin import NiN, init_weights, layer_summary, nin_block, nin_bn, nin_paper
+from nin.models.nin import NiN, init_weights, layer_summary, nin_block, nin_bn, nin_imagenet, nin_paper
 from nin.version import __version__ as __version__
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "load_preset",
     "nin_block",
     "nin_bn",
+    "nin_imagenet",
     "nin_paper",
     "presets",
     "train",

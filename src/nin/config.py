@@ -49,7 +49,8 @@ class Config:
 
     arch: str = _field(
         "nin",
-        "network: nin (the seed's), nin-bn (for small input, with BatchNorm) or nin-paper (the paper's CIFAR NiN)",
+        "network: nin (the seed's), nin-bn (for small input, with BatchNorm), nin-paper (the paper's CIFAR NiN) or "
+        "nin-imagenet (the Caffe Model Zoo's ImageNet NiN: 1024 channels before the class maps)",
         ARCHS,
     )
     width: int = _field(64, "nin-bn only: channels of its first block, doubled in each next one (default 64)")
@@ -64,6 +65,14 @@ class Config:
     )
     image_size: int = _field(32, "folder only: side length the images are decoded to, once, and cached (default 32)")
     skip_bad_images: bool = _field(False, "folder only: skip (and count) unreadable images instead of stopping")
+    stream: bool = _field(
+        False,
+        "folder only: decode the images per batch in worker processes (RandomResizedCrop + flip at --resize "
+        "for training, centre crop for testing) instead of once into memory; chosen when over --memory-budget",
+    )
+    memory_budget: float = _field(4.0, "folder only: stream (--stream) when decoding the training images into "
+                                  "memory at --image-size would take more GB than this (default 4)")  # fmt: skip
+    workers: int = _field(0, "--stream: worker processes decoding images (default 0: the cores this process may use)")
     dropout: float = _field(0.5, "dropout probability before the last mlpconv block (d2l: 0.5)")
     epochs: int = _field(5, "passes over the training data (d2l: 5)")
     batch_size: int = _field(256, "examples per SGD step (d2l: 256)")
@@ -97,6 +106,8 @@ class Config:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.stream and self.dataset != "folder":
+            raise NinError(f"stream reads image folders (--dataset folder), not {self.dataset}")
         if self.sync_bn and self.arch != "nin-bn":
             raise NinError(f"sync_bn normalises BatchNorm layers; the {self.arch} network has none (use --arch nin-bn)")
 
@@ -208,8 +219,10 @@ RULES = {
     **{name: (lambda v: v >= 1, "must be at least 1") for name in ("resize", "epochs", "batch_size", "image_size",
                                                                      "width", "budget")},
     **{name: (lambda v: v >= 0, "must be 0 (off/all) or positive") for name in ("train_limit", "test_limit",
-                                                                                   "checkpoint_every", "val_split")},
+                                                                                   "checkpoint_every", "val_split",
+                                                                                   "workers")},
     "lr": (lambda v: v > 0, "must be positive"),
+    "memory_budget": (lambda v: v > 0, "must be positive (GB)"),
     "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),

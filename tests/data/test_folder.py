@@ -107,7 +107,7 @@ def test_train_only_tests_on_the_held_out_split(images, tmp_path):
         d.rmdir()
     (images / "test").rmdir()
     settings = dict(dataset="folder", image_size=28, epochs=1, device="cpu", precision="fp32")
-    with pytest.raises(NinError, match="no test/ folder; add one, or hold out"):
+    with pytest.raises(NinError, match="no test/ or val/ folder; add one, or hold out"):
         nin.train("fast", out=tmp_path / "no", data_dir=images, **settings)
     run = nin.train("fast", out=tmp_path / "run", data_dir=images, val_split=40, **settings)
     assert "val_acc" not in run.metrics[-1]  # the held-out images are the test set

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nin.data.folder import decoded_bytes, stream_folder
 from nin.data.registry import DATASETS, load_split
+from nin.data.stream import Files
 from nin.data.types import Dataset, Spec
 from nin.errors import NinError
 
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 VAL_SEED = 20_141_312  # fixes the validation split: the same images for every --seed (NiN's arXiv number)
 
 
-def split(data: Dataset, n: int) -> tuple[Dataset, Dataset]:
+def split(data: Dataset | Files, n: int) -> tuple[Dataset | Files, Dataset | Files]:
     """(training, validation): `n` images drawn at random with a fixed seed are held out for validation."""
     if not 0 <= n < len(data):
         raise NinError(f"--val-split {n}: the training set has {len(data):,} images; hold out fewer")
@@ -26,25 +28,48 @@ def split(data: Dataset, n: int) -> tuple[Dataset, Dataset]:
     return data[order[n:].sort().values], data[order[:n].sort().values]
 
 
-def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Dataset, Dataset | None, Dataset]:
-    """(training, validation or None, test) as `config` cuts its dataset. A folder dataset without a test
-    folder is tested on the `val_split` images it holds out (and then has no separate validation set)."""
-    train = load_split(config.dataset, "train", data_dir, config.image_size, config.skip_bad_images)
+def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Any, Any, Any]:
+    """(training, validation or None, test) as `config` cuts its dataset: each a `Dataset` in memory, or for a
+    streamed folder (`streams`) a `Files`. A folder dataset without a held-out folder is tested on the
+    `val_split` images it holds out (and then has no separate validation set)."""
+    stream = streams(config, data_dir)
+
+    def read(part: str) -> Any:
+        if stream:
+            return stream_folder(Path(data_dir), part, config.resize)  # type: ignore[arg-type]
+        return load_split(config.dataset, part, data_dir, config.image_size, config.skip_bad_images)
+
+    train = read("train")
     val = None
     if config.val_split:
         train, val = split(train, config.val_split)
-    test = load_split(config.dataset, "test", data_dir, config.image_size, config.skip_bad_images)
+    test = read("test")
     if test is None:
         if val is None:
-            raise NinError(f"{data_dir}: no test/ folder; add one, or hold out training images to test on "
+            raise NinError(f"{data_dir}: no test/ or val/ folder; add one, or hold out training images to test on "
                            "with --val-split N (nin train, nin sweep)")  # fmt: skip
         test, val = val, None
-    test = test.with_channels(train.images.shape[1])  # a gray training set and a colour test image, or so
+    test = test.with_channels(train.channels)  # a gray training set and a colour test image, or so
     if config.train_limit:
         train = train[: config.train_limit]
     if config.test_limit:
         test = test[: config.test_limit]
     return train, val, test
+
+
+def streams(config: Config, data_dir: str | Path | None) -> bool:
+    """Whether `config`'s folder is streamed: with --stream, or when decoding its training split into memory
+    would take more than --memory-budget (then one line says so)."""
+    if config.stream or config.dataset != "folder" or data_dir is None:
+        return config.stream
+    n, need = decoded_bytes(Path(data_dir), config.image_size)
+    if need <= config.memory_budget * 1e9:
+        return False
+    print(
+        f"streaming {data_dir} (--stream): its {n:,} training images would take {need / 1e9:.1f} GB of memory "
+        f"decoded at {config.image_size}x{config.image_size}, over --memory-budget {config.memory_budget:g} GB"
+    )
+    return True
 
 
 def test_set(config: Config, spec: Spec, data_dir: str | Path | None = None) -> Dataset:

@@ -34,6 +34,15 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def size(self) -> int:
+        """The side length of the stored images."""
+        return self.images.shape[-1]
+
     def __getitem__(self, index: slice | torch.Tensor) -> Dataset:
         return Dataset(self.images[index], self.labels[index], self.classes)
 
@@ -63,8 +72,9 @@ class Spec:
 
     @staticmethod
     def of(name: str, data: Dataset, data_dir: Path | None = None) -> Spec:
+        """The spec of the training split `data` (a `Dataset`, or streamed `Files`: the same attributes)."""
         path = str(Path(data_dir).resolve()) if data_dir else None  # remembered: later commands need no --data-dir
-        return Spec(name, data.classes, data.images.shape[1], data.images.shape[-1], path)
+        return Spec(name, data.classes, data.channels, data.size, path)
 
     def check(self, data: Dataset, source: str) -> Dataset:
         """`data` in this spec's format, or one error if it is not the data this spec describes (`source`

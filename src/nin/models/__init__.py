@@ -2,8 +2,18 @@
 registry of both (registry.py), and BatchNorm over a torchrun job's global batch (syncbn.py)."""
 
 from nin.models.classic import alexnet, lenet, vgg11
-from nin.models.nin import NiN, Normalize, init_kaiming, init_weights, layer_summary, nin_block, nin_bn, nin_paper
+from nin.models.nin import (
+    NiN,
+    Normalize,
+    init_kaiming,
+    init_weights,
+    layer_summary,
+    nin_block,
+    nin_bn,
+    nin_imagenet,
+    nin_paper,
+)
 from nin.models.registry import ARCHS, MODELS, build
 
 __all__ = ["ARCHS", "MODELS", "NiN", "Normalize", "alexnet", "build", "init_kaiming", "init_weights", "layer_summary",
-           "lenet", "nin_block", "nin_bn", "nin_paper", "vgg11"]  # fmt: skip
+           "lenet", "nin_block", "nin_bn", "nin_imagenet", "nin_paper", "vgg11"]  # fmt: skip

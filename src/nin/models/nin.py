@@ -25,6 +25,7 @@ __all__ = [
     "min_resize",
     "nin_bn",
     "nin_block",
+    "nin_imagenet",
     "nin_paper",
 ]
 
@@ -167,6 +168,27 @@ def nin_paper(in_channels: int = 3, num_classes: int = 10, dropout: float = 0.5,
         layers += [_mlpconv(in_channels, out, k), pool(kernel_size=3, stride=2, ceil_mode=True), nn.Dropout(dropout)]
         in_channels = out[-1]
     layers += [_mlpconv(in_channels, (192, 192, num_classes), 3), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()]
+    return NiN(layers=layers)
+
+
+def nin_imagenet(in_channels: int = 3, num_classes: int = 1000, dropout: float = 0.5, normalize: bool = False) -> NiN:
+    """The Caffe Model Zoo's ImageNet NiN (Lin et al.; 59.36% top-1 on ImageNet's validation set): the seed's
+    three mlpconv blocks (96, 256, 384 channels; 11x11/4, 5x5, 3x3), each followed by a 3x3/2 max-pool in
+    ceil mode (224 -> 54 -> 27 -> 13 -> 6), dropout, then a 3x3 mlpconv block 1024-1024-classes (each conv with
+    ReLU) and global average pooling (the 6x6 average pool at 224).
+
+    >>> net = nin.nin_imagenet()
+    >>> sum(p.numel() for p in net.parameters()), net(torch.zeros(1, 3, 224, 224)).shape
+    (7595176, torch.Size([1, 1000]))
+    """
+    layers: list[nn.Module] = [Normalize(in_channels)] if normalize else []
+    for out_channels, kernel_size, stride, padding in BLOCKS:
+        layers += [nin_block(in_channels, out_channels, kernel_size, stride, padding),
+                   nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)]  # fmt: skip
+        in_channels = out_channels
+    head = nin_block(in_channels, 1024, kernel_size=3, strides=1, padding=1)
+    head[-2] = nn.Conv2d(1024, num_classes, kernel_size=1)  # the last 1x1 conv gives the class maps
+    layers += [nn.Dropout(dropout), head, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()]
     return NiN(layers=layers)
 
 

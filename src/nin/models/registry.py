@@ -8,19 +8,21 @@ from collections.abc import Callable
 from torch import nn
 
 from nin.models.classic import alexnet, lenet, vgg11
-from nin.models.nin import NiN, min_resize, nin_bn, nin_fc_head, nin_paper
+from nin.models.nin import NiN, min_resize, nin_bn, nin_fc_head, nin_imagenet, nin_paper
 
-ARCHS = ("nin", "nin-bn", "nin-paper")
+ARCHS = ("nin", "nin-bn", "nin-paper", "nin-imagenet")
 
 
 def build(arch: str = "nin", dropout: float = 0.5, width: int = 64, in_channels: int = 1, num_classes: int = 10,
           normalize: bool = False) -> NiN:  # fmt: skip
     """The network a config names, for `in_channels` and `num_classes`: `nin` is the seed's (`width`
-    unused), `nin-bn` is `nin_bn`, `nin-paper` is `nin_paper`."""
+    unused), `nin-bn` is `nin_bn`, `nin-paper` is `nin_paper`, `nin-imagenet` is `nin_imagenet`."""
     if arch == "nin":
         return NiN(in_channels, num_classes, dropout, normalize=normalize)
     if arch == "nin-bn":
         return nin_bn(width, dropout, in_channels, num_classes, normalize)
+    if arch == "nin-imagenet":
+        return nin_imagenet(in_channels, num_classes, dropout, normalize)
     return nin_paper(in_channels, num_classes, dropout, normalize)
 
 

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nin.config import FIELDS, Config, from_dict
 from nin.data.batches import Batches, augment
+from nin.data.stream import Files, batches_of
 from nin.data.subsets import mean_std, splits
 from nin.data.types import Dataset, Spec
 from nin.errors import NinError
@@ -40,16 +41,17 @@ from nin.training.runtime import Runtime, setup, sync
 from nin.training.step import EpochState, evaluate_accuracy, train_step
 
 
-def init_model(config: Config, train_set: Dataset | None = None) -> NiN:
+def init_model(config: Config, train_set: Dataset | Files | None = None) -> NiN:
     """The network for `train_set`'s channels and classes (None: Fashion-MNIST's) with its initial weights,
     drawn from `config.seed` (the same on every rank), and with `normalize`, the training set's mean and std."""
     torch.manual_seed(config.seed)
-    shape = (train_set.images.shape[1], len(train_set.classes)) if train_set else (1, 10)
+    shape = (train_set.channels, len(train_set.classes)) if train_set else (1, 10)
     net = build(config.arch, config.dropout, config.width, *shape, config.normalize)
     check_resize(net, config.resize)
     net.apply(INITS[config.init])
     if config.normalize and train_set:
-        net[0].mean[0, :, 0, 0], net[0].std[0, :, 0, 0] = mean_std(train_set.images)
+        images = train_set.images if isinstance(train_set, Dataset) else train_set.sample()  # streamed: a sample
+        net[0].mean[0, :, 0, 0], net[0].std[0, :, 0, 0] = mean_std(images)
     return net
 
 
@@ -246,15 +248,16 @@ def continues(config: Config, run: RunDir) -> bool:
     return state is not None
 
 
-def _batches(config: Config, data: tuple[Dataset, Dataset | None, Dataset],
+def _batches(config: Config, data: tuple[Dataset | Files, Dataset | Files | None, Dataset | Files],
              rt: Runtime) -> tuple[Batches, Batches | None, Batches]:  # fmt: skip
-    """(training, validation or None, test) batches of this rank, from the `splits` of the data."""
+    """(training, validation or None, test) batches of this rank, from the `splits` of the data (in memory or
+    streamed: one interface)."""
     train, val, test = data
-    shard = dict(device=rt.device, rank=rt.rank, world_size=rt.world_size)
-    train_iter = Batches(train.images, train.labels, config.batch_size, config.resize, shuffle=True,
-                         seed=config.seed, **shard)  # fmt: skip
-    val_iter = Batches(val.images, val.labels, config.batch_size, config.resize, **shard) if val else None
-    return train_iter, val_iter, Batches(test.images, test.labels, config.batch_size, config.resize, **shard)
+    shard = dict(device=rt.device, rank=rt.rank, world_size=rt.world_size, workers=config.workers,
+                 skip_bad=config.skip_bad_images)  # fmt: skip
+    train_iter = batches_of(train, config.batch_size, config.resize, train=True, seed=config.seed, **shard)
+    val_iter = batches_of(val, config.batch_size, config.resize, **shard) if val else None
+    return train_iter, val_iter, batches_of(test, config.batch_size, config.resize, **shard)
 
 
 def _checkpoint(loop: _Loop, epoch: int, step: int, sums: list) -> None:
