@@ -17,12 +17,10 @@ $(VENV)/installed: pyproject.toml Makefile
 train: $(VENV)/installed
 	$(BIN)/nin train --preset fast
 
-# pytest-xdist: a worker per core (at most 4), each on one thread, each test file on one worker (its fixtures
-# built once); the tests that start processes and wait for them overlap
 test: $(VENV)/installed browser
 	$(BIN)/ruff check src tests benchmarks hubconf.py
 	$(BIN)/ruff format --check src tests benchmarks hubconf.py
-	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest
 
 # the browser that tests/test_serve.py drives: Debian's chromium and chromedriver, installed where missing (CI
 # runs as root on Debian); elsewhere, without root, the browser test is skipped unless NIN_REQUIRE_BROWSER is set
@@ -35,7 +33,7 @@ browser:
 
 # the quick tier for day-to-day work: no test that starts a process of its own
 test-quick: $(VENV)/installed
-	$(BIN)/python -m pytest -m "not slow" -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -m "not slow"
 
 # the seed chapter as a notebook (notebooks/nin.ipynb), opened in JupyterLab: installs the notebook extra first
 notebook: $(VENV)/installed

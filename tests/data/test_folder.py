@@ -121,7 +121,7 @@ def test_every_command_after_training_on_a_folder(images, tmp_path, capsys):
                  "28", "--epochs", "1", "--out", str(out), "--device", "cpu", "--precision", "fp32"]) == 0  # fmt: skip
     assert main(["summary", "--dataset", "folder", "--data-dir", str(images), "--preset", "fast"]) == 0
     # the run remembers its folder: no --data-dir from here on
-    assert main(["train", "--resume", str(out)]) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main(["train", "--resume", str(out)]) == 0 and "nothing left to train" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--json"]) == 0
     assert '"dataset": "folder"' in capsys.readouterr().out
     bag = sorted((images / "test" / "Bag").iterdir())[0]

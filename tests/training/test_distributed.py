@@ -208,12 +208,12 @@ def test_a_restart_after_the_last_checkpoint_ends_0_and_completes_the_run(elasti
     agent = elastic(out, "--max-restarts=0")
     stdout, stderr = agent.communicate(timeout=300)
     assert agent.returncode == 0, stderr[-3000:]
-    assert stdout.count("has finished all 3 epochs: nothing left to train") == 1, stdout
+    assert stdout.count("has finished all 2 epochs: nothing left to train") == 1, stdout
     assert "wrote metrics.jsonl and curves.png from the checkpoint" in stdout and "training on" not in stdout
     assert (out / "metrics.jsonl").read_text() == metrics and (out / "curves.png").stat().st_size > 0
     assert (out / "checkpoint.pt").read_bytes() == checkpoint
     last = json.loads((out / "run.json").read_text())["sessions"][-1]
-    assert (last["status"], last["epochs_before"], last["epochs_after"], last["world_size"]) == ("finished", 3, 3, 2)
+    assert (last["status"], last["epochs_before"], last["epochs_after"], last["world_size"]) == ("finished", 2, 2, 2)
 
 
 def test_sigterm_stops_every_rank_with_a_checkpoint_and_the_run_goes_on_later(elastic_reference, tmp_path):
