@@ -331,7 +331,7 @@ def config_of(args: argparse.Namespace) -> tuple[Config, str]:
 
 def evaluate(args: argparse.Namespace) -> int:
     from nin.inference.evaluate import check_test_limit
-    from nin.training.provenance import describe
+    from nin.training.provenance import machine_line
 
     check_test_limit(args.test_limit)  # a bad flag is reported before the checkpoint is read
     run = load_model(args)
@@ -343,7 +343,7 @@ def evaluate(args: argparse.Namespace) -> int:
     print(f"{result['checkpoint']}: test accuracy{tta} {result['test_acc']:.4f} on {result['examples']} images "
           f"({result['precision']})")  # fmt: skip
     for session in (result["record"] or {}).get("sessions", []):
-        print(f"  trained {session['started']} ({session['status']}): {describe(session)}")
+        print(f"  trained {session['started']} ({session['status']}): {machine_line(session)}")
     for name, acc in result["per_class_acc"].items():
         print(f"  {name:<12} {acc:.4f}")
     print(f"confusion matrix: {result['confusion_png']}")

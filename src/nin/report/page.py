@@ -23,7 +23,7 @@ from nin.inference.cam import check_maps, draw_cams
 from nin.inference.evaluate import logits
 from nin.io import atomic_write_text
 from nin.plots import plot_curves
-from nin.training.provenance import describe
+from nin.training.provenance import machine_line
 from nin.training.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def _record_section(record: dict | None) -> str:
     if record is None:
         return "<p class=note>No run record (run.json): the run was made by a nin without them.</p>"
     rows = [
-        (s["started"], s["status"], f"{s['epochs_before']} → {s['epochs_after']}", describe(s),
+        (s["started"], s["status"], f"{s['epochs_before']} → {s['epochs_after']}", machine_line(s),
          " ".join(s["command"]), "" if s["wall_seconds"] is None else f"{s['wall_seconds']:.0f}")
         for s in record["sessions"]
     ]  # fmt: skip

@@ -68,7 +68,7 @@ def _git_commit() -> str | None:
     return commit.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
-def describe(session: dict) -> str:
+def machine_line(session: dict) -> str:
     """One line: the machine and precision of a session, as docs cite it."""
     machine = session.get("gpu") or session.get("cpu", "?")
     features = [name for name in ("avx2", "avx512_bf16", "amx") if session.get(name)]
