@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test test-quick notebook browser
+.PHONY: train test test-quick notebook system
 
 $(VENV)/installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,18 +17,23 @@ $(VENV)/installed: pyproject.toml Makefile
 train: $(VENV)/installed
 	$(BIN)/nin train --preset fast
 
-test: $(VENV)/installed browser
+test: $(VENV)/installed system
 	$(BIN)/ruff check src tests benchmarks hubconf.py
 	$(BIN)/ruff format --check src tests benchmarks hubconf.py
 	$(BIN)/python -m pytest
 
-# the browser that tests/test_serve.py drives: Debian's chromium and chromedriver, installed where missing (CI
-# runs as root on Debian); elsewhere, without root, the browser test is skipped unless NIN_REQUIRE_BROWSER is set
-browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+# What some tests drive, from Debian, installed where missing (CI runs as root on Debian): chromium and chromedriver
+# for the browser test of nin serve (tests/serve/test_serve.py), qemu-user for int8 on an emulated AVX2-only CPU
+# (tests/inference/test_export.py). Elsewhere, without root, those tests skip unless NIN_REQUIRE_SYSTEM is set.
+system:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v qemu-x86_64 >/dev/null || missing="$$missing qemu-user"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
-	  else echo "make: no chromium/chromedriver and not root: the browser test of nin serve will be skipped"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "make: missing$$missing and not root: the tests that need them will be skipped"; fi; \
 	fi
 
 # the quick tier for day-to-day work: no test that starts a process of its own

@@ -22,7 +22,7 @@ import onnxruntime
 import torch
 
 import nin
-from nin.data.batches import resize
+from nin.data.preprocess import to_inputs
 from nin.data.registry import load_split
 from nin.inference.evaluate import logits
 from nin.inference.export import CALIBRATION, OnnxModel
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 test = test[: args.test_limit]
             accuracy = {k: (logits(m, test.images, m.resize).argmax(1) == test.labels).float().mean().item()
                         for k, m in models.items()}  # fmt: skip
-            one, many = resize(test.images[:1], run.config.resize), resize(test.images[: args.batch], run.config.resize)
+            size = run.config.resize
+            one, many = to_inputs(test.images[:1], size), to_inputs(test.images[: args.batch], size)
             for m in models.values():  # warm-up
                 m(one), m(many)
             latency: dict[str, list[float]] = {k: [] for k in models}

@@ -24,7 +24,7 @@ import torch
 
 import nin
 from nin.api import Run, load_weights
-from nin.data.batches import resize
+from nin.data.preprocess import to_inputs
 from nin.errors import NinError
 from nin.inference import pretrained
 from nin.inference.shipped import WEIGHTS_DIR
@@ -73,9 +73,9 @@ def margins(model: torch.nn.Module, size: int) -> tuple[float, float]:
     error, no prediction can flip between CPUs or kernels that compute in fp32."""
     images, _ = nin.load_fashion_mnist("test")
     with torch.inference_mode():
-        fp32 = torch.cat([model(resize(chunk, size)) for chunk in images.split(500)])
+        fp32 = torch.cat([model(to_inputs(chunk, size)) for chunk in images.split(500)])
         wide = copy.deepcopy(model).double()
-        fp64 = torch.cat([wide(resize(chunk, size).double()) for chunk in images.split(500)])
+        fp64 = torch.cat([wide(to_inputs(chunk, size).double()) for chunk in images.split(500)])
     top2 = fp32.topk(2, dim=1).values
     return float(f"{(top2[:, 0] - top2[:, 1]).min():.3g}"), float(f"{(fp32.double() - fp64).abs().max():.3g}")
 

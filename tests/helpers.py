@@ -5,6 +5,7 @@ import base64
 import importlib
 import io
 import os
+import shutil
 import signal
 from html.parser import HTMLParser
 
@@ -55,6 +56,19 @@ def check_page(path) -> Checker:
         with Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1]))) as png:
             assert png.format == "PNG"
     return checker
+
+
+def require_system(*commands: str) -> list[str]:
+    """The paths of `commands` (Debian programs that `make test` installs as root: see the Makefile's `system`);
+    a missing one skips the test, except where NIN_REQUIRE_SYSTEM is set (CI), where it fails it."""
+    paths = [shutil.which(command) for command in commands]
+    missing = [command for command, path in zip(commands, paths) if path is None]
+    if missing:
+        why = f"{', '.join(missing)} not found (make test installs it, as root)"
+        if os.environ.get("NIN_REQUIRE_SYSTEM"):
+            pytest.fail(f"NIN_REQUIRE_SYSTEM is set but {why}")
+        pytest.skip(why)
+    return paths
 
 
 def stopped_after_epoch_1(monkeypatch, run_training) -> None:

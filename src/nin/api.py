@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from nin.config import Config, from_dict, load_config, load_preset
-from nin.data.images import Images
+from nin.data.preprocess import Images, Preprocess
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.inference.cam import cam as draw_class_maps
@@ -76,6 +76,15 @@ class Run:
         return self.spec.classes
 
     @property
+    def preprocess(self) -> Preprocess:
+        """How an image becomes this network's input (nin/data/preprocess.py); calling it does it.
+
+        >>> nin.load("runs/fast").preprocess(["shirt.png"]).shape
+        torch.Size([1, 1, 28, 28])
+        """
+        return self.spec.preprocess(self.config.resize)
+
+    @property
     def test_acc(self) -> float | None:
         """The last epoch's test accuracy (None if the checkpoint was taken before the first epoch ended).
 
@@ -106,9 +115,9 @@ class Run:
         return {"checkpoint": str(self.checkpoint), **result, "record": self.record}
 
     def predict(self, images: Images, top: int = 3) -> list[dict]:
-        """The `top` classes with probabilities for each image: image files (PNG or JPEG, any size, brought to
-        the run's data format: 28x28 grayscale for Fashion-MNIST) or a uint8 tensor like the run's data,
-        (N, C, H, W), or (N, H, W) for grayscale.
+        """The `top` classes with probabilities for each image: image files (PNG, JPEG, BMP or WebP, any size,
+        through the run's `preprocess`ing: 28x28 grayscale for Fashion-MNIST) or a uint8 tensor like the run's
+        stored data, (N, C, H, W), or (N, H, W) for grayscale.
 
         >>> run.predict(["shirt.png"])
         [{'image': 'shirt.png', 'top': [{'class': 'Shirt', 'prob': 0.81}, ...]}]
@@ -116,12 +125,12 @@ class Run:
         >>> run.predict(images[:2], top=1)
         [{'image': 'image 0', 'top': [{'class': 'Ankle boot', 'prob': 0.99}]}, ...]
         """
-        return predict_images(self.model, self.config.resize, self.spec, images, top)
+        return predict_images(self.model, self.preprocess, self.classes, images, top)
 
     def cam(self, images: Images | None = None, test_samples: int = 0, data_dir: str | Path | None = None,
             out: str | Path | None = None) -> dict:  # fmt: skip
         """Class activation maps (the class maps NiN's global average pooling turns into scores) of `images`
-        (as for `predict`), or of the first `test_samples` test images, drawn into a PNG grid `out`
+        (as for `predict`), or of `test_samples` test images drawn from every class, drawn into a PNG grid `out`
         (default: cam.png in the run directory); with each image's prediction.
 
         >>> result = run.cam(test_samples=8)

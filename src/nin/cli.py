@@ -358,7 +358,7 @@ def predict(args: argparse.Namespace) -> int:
         from nin.inference.export import OnnxModel
 
         model = OnnxModel(args.checkpoint)
-        results = predict_images(model, model.resize, model.spec, images)
+        results = predict_images(model, model.preprocess, model.spec.classes, images)
     else:
         results = load_model(args).predict(images)
     if args.json:

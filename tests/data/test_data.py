@@ -12,8 +12,9 @@ from PIL import Image
 
 from nin import data
 from nin.data import download, registry
-from nin.data.batches import Batches, augment, random_erase, resize
+from nin.data.batches import Batches, augment, random_erase
 from nin.data.idx import IDX
+from nin.data.preprocess import to_inputs
 from nin.data.registry import load_fashion_mnist
 from nin.data.subsets import split
 from nin.data.types import CLASS_NAMES, Dataset
@@ -127,7 +128,7 @@ def test_resize_matches_pil_bilinear_then_to_tensor(size):
     """d2l: transforms.Resize(size) on the PIL image (bilinear), then ToTensor(): within 1/255 of PIL."""
     images, _ = load_fashion_mnist("test")
     images = images[:32]
-    ours = resize(images, size)
+    ours = to_inputs(images, size)
     assert ours.shape == (32, 1, size, size) and ours.dtype == torch.float32
     pil = (
         torch.stack(

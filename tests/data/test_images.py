@@ -14,7 +14,8 @@ import pytest
 from PIL import EpsImagePlugin, Image, ImageFile
 
 from nin.cli import main
-from nin.data.images import BACKGROUND, MAX_PIXELS, decode, open_image, to_8bit
+from nin.data.images import BACKGROUND, MAX_PIXELS, open_image, to_8bit
+from nin.data.preprocess import prepare
 from nin.errors import NinError
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
@@ -158,10 +159,10 @@ def damaged_files(tmp_path: Path) -> dict[str, Path]:
 def test_every_decoder_error_is_one_nin_error_naming_the_file(tmp_path):
     for case, path in damaged_files(tmp_path).items():
         with pytest.raises(NinError) as e:
-            decode(path, None, 28)
+            prepare(path, None, 28)
         assert str(e.value).startswith(f"{path}: "), case
         with pytest.raises(NinError) as e:  # a file object: named by its name
             upload = io.BytesIO(path.read_bytes() if path.is_file() else b"")
             upload.name = "the uploaded file"
-            decode(upload, 1, 28)
+            prepare(upload, 1, 28)
         assert str(e.value).startswith("the uploaded file: "), case

@@ -18,8 +18,9 @@ from nin.cli import main
 from nin.config import Config
 from nin.data import folder as folder_module
 from nin.data.images import open_image
+from nin.data.preprocess import center_box, prepare, to_inputs
 from nin.data.registry import load_split, shape_of
-from nin.data.stream import RATIO, SCALE, StreamBatches, _Decode, crop_box, transform
+from nin.data.stream import RATIO, SCALE, StreamBatches, _Decode, crop_box, train_draft, transform
 from nin.data.subsets import splits
 from nin.errors import NinError
 
@@ -77,11 +78,11 @@ def test_decoding_threads_are_the_cores_this_process_may_use(tmp_path, monkeypat
 def test_crop_boxes_follow_random_resized_crop_and_the_centre_crop():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        left, top, right, bottom = crop_box(300, 200, 64, rng)
+        left, top, right, bottom = crop_box(300, 200, rng)
         w, h = right - left, bottom - top
         assert 0 <= left and right <= 300 and 0 <= top and bottom <= 200
         assert SCALE[0] * 0.9 <= w * h / 60_000 <= 1 and RATIO[0] * 0.9 <= w / h <= RATIO[1] * 1.1
-    assert crop_box(300, 200, 224, None) == pytest.approx((62.5, 12.5, 237.5, 187.5))  # 175 = 200 * 224 / 256
+    assert center_box(300, 200, 224) == pytest.approx((62.5, 12.5, 237.5, 187.5))  # 175 = 200 * 224 / 256
 
 
 def test_streamed_batches_are_the_images_through_their_own_rules(tmp_path):
@@ -91,12 +92,11 @@ def test_streamed_batches_are_the_images_through_their_own_rules(tmp_path):
     (x, y), *_ = train.epoch(2)
     order = torch.randperm(12, generator=torch.Generator().manual_seed(7 * 100_003 + 2))[:5]
     for k, i in enumerate(order.tolist()):
-        img = open_image(root / files.names[i].decode(), draft=16)
+        img = open_image(root / files.names[i].decode(), draft=train_draft(16))
         expected = transform(img, 3, 16, np.random.default_rng((7, 2, i))).float() / 255
         assert torch.equal(x[k], expected) and y[k] == files.labels[i]
     (x, _), *_ = StreamBatches(files, 12, CPU).epoch(0)  # testing: in order, centre crops, no randomness
-    img = open_image(root / files.names[3].decode(), draft=16)
-    assert torch.equal(x[3], transform(img, 3, 16, None).float() / 255)
+    assert torch.equal(x[3], to_inputs(prepare(root / files.names[3].decode(), 3, 16, "center")[None], 16)[0])
     assert x.shape == (12, 3, 16, 16) and x.is_contiguous(memory_format=torch.channels_last)
 
 

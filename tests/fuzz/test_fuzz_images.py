@@ -9,7 +9,7 @@ from fuzzing import SEEDS, examples, mutated, outcome
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nin.data.images import decode
+from nin.data.preprocess import prepare
 from nin.errors import NinError
 
 
@@ -17,7 +17,7 @@ def check_decoded(data: bytes, channels: int | None, size: int) -> None:
     upload = io.BytesIO(data)
     upload.name = "fuzzed.png"
     try:
-        x = decode(upload, channels, size)
+        x = prepare(upload, channels, size)
     except NinError as e:
         assert str(e).startswith("fuzzed.png: ") and "\n" not in str(e), str(e)
         outcome(str(e).removeprefix("fuzzed.png: "))
@@ -27,9 +27,9 @@ def check_decoded(data: bytes, channels: int | None, size: int) -> None:
     assert x.shape[0] in (1, 3)
 
 
-def test_the_seeds_decode():
+def test_the_seeds_prepare():
     for name, data in SEEDS.items():
-        assert decode(io.BytesIO(data), None, 28).shape[1:] == (28, 28), name
+        assert prepare(io.BytesIO(data), None, 28).shape[1:] == (28, 28), name
 
 
 @examples(60)

@@ -8,8 +8,9 @@ from PIL import Image
 
 from nin.api import load
 from nin.cli import main
-from nin.data.batches import resize
+from nin.data.preprocess import to_inputs
 from nin.data.registry import load_fashion_mnist
+from nin.data.subsets import pick
 from nin.errors import NinError
 from nin.inference.cam import class_maps
 from nin.models.nin import NiN, init_weights
@@ -18,7 +19,7 @@ from nin.models.nin import NiN, init_weights
 def test_class_maps_are_what_the_network_pools():
     torch.manual_seed(0)
     net = NiN().apply(init_weights).eval()
-    x = resize(load_fashion_mnist("test")[0][:4], 224)
+    x = to_inputs(load_fashion_mnist("test")[0][:4], 224)
     pooled = []
     net[8].register_forward_hook(lambda module, inputs, output: pooled.append(inputs[0]))  # AdaptiveAvgPool2d
     with torch.inference_mode():
@@ -34,12 +35,14 @@ def test_cam_of_test_images(run_at_131, tmp_path):
     result = run.cam(test_samples=3, out=tmp_path / "cam.png")
     net, config = run.model, run.config
     images, labels = load_fashion_mnist("test")
+    chosen = pick(labels, 3)  # drawn from every class, as --test-limit draws
+    assert len(set(labels[chosen].tolist())) == 3
     with torch.inference_mode():
-        probs = net(resize(images[:3], config.resize)).softmax(dim=1)
-    for i, row in enumerate(result["images"]):
-        assert row["image"] == f"test image {i}"
+        probs = net(to_inputs(images[chosen], config.resize)).softmax(dim=1)
+    for i, (row, index) in enumerate(zip(result["images"], chosen.tolist())):
+        assert row["image"] == f"test image {index}"
         assert row["prob"] == pytest.approx(probs[i].max().item(), rel=1e-5)
-        assert row["true_prob"] == pytest.approx(probs[i, labels[i]].item(), rel=1e-5)
+        assert row["true_prob"] == pytest.approx(probs[i, labels[index]].item(), rel=1e-5)
     run.cam(test_samples=1, out=tmp_path / "one.png")
     with Image.open(tmp_path / "cam.png") as three, Image.open(tmp_path / "one.png") as one:
         assert three.format == one.format == "PNG" and three.size[1] > 2.5 * one.size[1]  # a row per image
@@ -72,6 +75,6 @@ def test_bad_requests(run_at_131, trained_run, tmp_path):
 def test_cli(run_at_131, tmp_path, capsys):
     assert main(["cam", str(run_at_131), "--test-samples", "2", "--out", str(tmp_path / "c.png")]) == 0
     out = capsys.readouterr().out
-    assert "test image 1:" in out and "(true: " in out and f"class maps: {tmp_path / 'c.png'}" in out
+    assert out.count("test image ") == 2 and "(true: " in out and f"class maps: {tmp_path / 'c.png'}" in out
     assert main(["cam", str(run_at_131)]) == 2
     assert "nin: error: give either image files" in capsys.readouterr().err

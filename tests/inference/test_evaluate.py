@@ -7,9 +7,10 @@ from PIL import Image
 
 from nin.api import load
 from nin.cli import main
-from nin.data.batches import Batches, resize
-from nin.data.images import load_image
+from nin.data.batches import Batches
+from nin.data.preprocess import to_inputs
 from nin.data.registry import load_fashion_mnist
+from nin.data.subsets import pick
 from nin.data.types import CLASS_NAMES, Spec
 from nin.errors import NinError
 from nin.inference.evaluate import confusion_matrix
@@ -23,13 +24,15 @@ def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
     result = run.evaluate(device="cpu", test_limit=1000, plot=tmp_path / "cm.png")
     net, config = run.model, run.config
     images, labels = load_fashion_mnist("test")
-    expected = evaluate_accuracy(net, Batches(images[:1000], labels[:1000], 128, config.resize, torch.device("cpu")))
+    chosen = pick(labels, 1000)  # --test-limit draws every class in proportion, as training's test pass does
+    images, labels = images[chosen], labels[chosen]
+    expected = evaluate_accuracy(net, Batches(images, labels, 128, config.resize, torch.device("cpu")))
     assert result["test_acc"] == pytest.approx(expected, abs=1e-9)
     # the training run measured the same thing after its last epoch
     last = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["test_acc"] == pytest.approx(last["test_acc"], abs=1e-9)
     matrix = torch.tensor(result["confusion_matrix"])
-    assert matrix.sum() == 1000 and matrix.sum(dim=1).tolist() == torch.bincount(labels[:1000]).tolist()
+    assert matrix.sum() == 1000 and matrix.sum(dim=1).tolist() == torch.bincount(labels).tolist() == [100] * 10
     assert list(result["per_class_acc"]) == list(CLASS_NAMES)
     per_class = torch.tensor(list(result["per_class_acc"].values()))
     assert torch.allclose(per_class, matrix.diag() / matrix.sum(dim=1))
@@ -41,13 +44,15 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(traine
     run = load(trained_run)
     net, config = run.model, run.config
     images, labels = load_fashion_mnist("test")
-    batches = Batches(images[:500], labels[:500], 100, config.resize, torch.device("cpu"))
+    chosen = pick(labels, 500)
+    images, labels = images[chosen], labels[chosen]
+    batches = Batches(images, labels, 100, config.resize, torch.device("cpu"))
     net.eval()
     with torch.inference_mode():
         x = torch.cat([x for x, _ in batches])
         expected = (net(x).softmax(1) + net(x.flip(3)).softmax(1)).argmax(1)
     matrix = confusion_matrix(net, batches, 10, tta=True)
-    assert torch.equal(matrix, torch.bincount(labels[:500] * 10 + expected, minlength=100).reshape(10, 10))
+    assert torch.equal(matrix, torch.bincount(labels * 10 + expected, minlength=100).reshape(10, 10))
     assert not torch.equal(matrix, confusion_matrix(net, batches, 10))  # the mirror images change some answers
     result = run.evaluate(device="cpu", test_limit=500, plot=tmp_path / "cm.png", tta=True)
     assert result["tta"] and result["test_acc"] == pytest.approx(matrix.diag().sum().item() / 500, abs=1e-9)
@@ -64,7 +69,7 @@ def test_predict_on_pngs_written_from_real_test_images(trained_run, tmp_path):
     results = run.predict(paths)
     net, config = run.model, run.config
     with torch.inference_mode():
-        probs = net(resize(images[:8], config.resize)).softmax(dim=1)
+        probs = net(to_inputs(images[:8], config.resize)).softmax(dim=1)
     for r, p in zip(results, probs):
         top = p.topk(3)
         assert [t["class"] for t in r["top"]] == [CLASS_NAMES[i] for i in top.indices]
@@ -76,10 +81,10 @@ def test_any_size_and_mode_becomes_28x28_grayscale(tmp_path):
     Image.new("RGBA", (300, 200), (255, 255, 255, 128)).save(rgba)
     jpeg = tmp_path / "photo.jpg"
     Image.new("RGB", (64, 64), (0, 0, 0)).save(jpeg)
-    fashion = Spec()
-    assert load_image(rgba, fashion).shape == (1, 28, 28) and load_image(rgba, fashion).dtype == torch.uint8
-    assert load_image(rgba, fashion).unique().tolist() == [128]  # half-transparent white over black
-    assert int(load_image(jpeg, fashion).max()) == 0
+    fashion = Spec().preprocess(28)
+    assert fashion.load(rgba).shape == (1, 28, 28) and fashion.load(rgba).dtype == torch.uint8
+    assert fashion.load(rgba).unique().tolist() == [128]  # half-transparent white over black
+    assert int(fashion.load(jpeg).max()) == 0
 
 
 def test_unreadable_images_give_one_clear_error(trained_run, tmp_path):

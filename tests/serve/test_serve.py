@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 import nin
+from helpers import require_system
 from nin.cli import get_args_parser, main
 from nin.data.types import Spec
 from nin.serve.app import EXTRA, MAX_UPLOAD, PAGE
@@ -235,18 +235,10 @@ def test_port_in_use_gets_one_message(port, capsys):
 
 
 def browser_paths() -> tuple[str, str]:
-    """Debian's chromium and chromedriver (make installs them as root) and selenium (the dev extra); where
-    NIN_REQUIRE_BROWSER is set (CI), a missing one fails the test instead of skipping it."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        chromium = None
-    if not (chromium and driver):
-        missing = "chromium, chromedriver or selenium is missing (make test installs them, as root)"
-        if os.environ.get("NIN_REQUIRE_BROWSER"):
-            pytest.fail(f"NIN_REQUIRE_BROWSER is set but {missing}")
-        pytest.skip(missing)
+    """Debian's chromium and chromedriver (make installs them as root) and selenium (the dev extra)."""
+    chromium, driver = require_system("chromium", "chromedriver")
+    import selenium  # noqa: F401  (the dev extra: an ImportError here is a broken install, not a skip)
+
     return chromium, driver
 
 

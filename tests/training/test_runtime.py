@@ -9,7 +9,7 @@ from helpers import SHORT
 from nin.api import load
 from nin.cli import keep_freed_memory
 from nin.config import Config
-from nin.data.batches import resize
+from nin.data.preprocess import to_inputs
 from nin.data.registry import load_fashion_mnist
 from nin.errors import NinError
 from nin.training.loop import train
@@ -46,7 +46,7 @@ def test_bf16_channels_last_agrees_with_fp32_nchw_on_real_images(trained_run):
     run = load(trained_run)
     net, config = run.model, run.config
     images, _ = load_fashion_mnist("test")
-    x = resize(images[:500], config.resize)
+    x = to_inputs(images[:500], config.resize)
     with torch.inference_mode():
         reference = net(x)
         fast_net = net.to(memory_format=torch.channels_last)

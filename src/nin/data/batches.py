@@ -1,4 +1,4 @@
-"""Batches on the device: d2l's `Resize` + `ToTensor` for a whole batch at once, augmentation, seeded order."""
+"""Batches on the device: stored uint8 images to inputs for a whole batch at once, augmentation, seeded order."""
 
 from __future__ import annotations
 
@@ -8,19 +8,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (B, C, H, W), or (B, H, W) for one channel -> float (B, C, size, size) in [0, 1], as PIL
-    bilinear resize + ToTensor.
-
-    PIL resizes uint8 images and rounds to uint8; we round too, so values match it within 1/255.
-    antialias=True makes downscaling match PIL as well (for upscaling it changes nothing).
-    """
-    x = (images.unsqueeze(1) if images.dim() == 3 else images).float()
-    if size != images.shape[-1]:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255)
-    return x.div_(255)
+from nin.data.preprocess import to_inputs
 
 
 def augment(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -123,6 +111,6 @@ class Batches:
         for idx in shard(len(self.labels), self.batch_size, epoch, start, self.shuffle, self.seed, self.rank,
                          self.world_size):  # fmt: skip
             idx = idx.to(self.device)
-            x = resize(self.images[idx], self.size)
+            x = to_inputs(self.images[idx], self.size)  # the preprocessing's step 2 (nin/data/preprocess.py)
             # channels_last: oneDNN/cuDNN convolutions run in NHWC; 1.1-1.4x per step on a 2-core EPYC
             yield x.contiguous(memory_format=torch.channels_last), self.labels[idx]

@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 
 from nin.data.download import cache_dir
-from nin.data.images import FORMATS, GRAYSCALE, SUFFIXES, decode
+from nin.data.images import FORMATS, GRAYSCALE, SUFFIXES
+from nin.data.preprocess import prepare
 from nin.data.stream import Files, stream_files
 from nin.data.types import Dataset
 from nin.errors import NinError
@@ -157,7 +158,7 @@ def _walk(folder: Path) -> Iterator[Path]:
 def _decode(path: Path, size: int, skip_bad: bool) -> torch.Tensor | None:
     """One image as uint8 (C, size, size): C = 1 for grayscale, 3 for colour (None: skipped)."""
     try:
-        return decode(path, None, size)
+        return prepare(path, None, size)  # squashed: the preprocessing's step 1 (nin/data/preprocess.py)
     except NinError as e:
         if skip_bad:
             return None

@@ -7,8 +7,9 @@ errors and shutdown handled; multiprocessing by hand would rewrite that), while 
 the previous one. Peak memory is one model plus `workers` x `PREFETCH` batches, whatever the number of images.
 
 Training images get the photo-style augmentation of torchvision's ImageNet recipe, `RandomResizedCrop` (a
-random 8-100% of the area, aspect ratio 3/4 to 4/3) to `size` and a random horizontal flip; test images are
-resized so their shorter side is size * 8/7 (256 for 224) and centre-cropped to `size`. Each image's
+random 8-100% of the area, aspect ratio 3/4 to 4/3) to `size` and a random horizontal flip, from a JPEG decoded
+at a reduced scale no smaller than the smallest crop needs; held-out images take the run's preprocessing
+(nin/data/preprocess.py: `center`, the shorter side to size * 8/7, the centre `size` x `size`). Each image's
 randomness comes from (seed, epoch, image index) alone, never from a worker's state, so any number of
 workers, and a run resumed mid-epoch, see exactly the same pixels. The order of an epoch and each rank's part
 of a batch are `batches.shard`'s, as for data in memory.
@@ -30,11 +31,11 @@ from torch.utils.data import DataLoader
 
 from nin.data.batches import Batches, shard
 from nin.data.images import open_image
+from nin.data.preprocess import CENTER, from_image
 from nin.data.types import Dataset
 from nin.errors import NinError
 
 PREFETCH = 2  # batches each worker decodes ahead
-TEST_MARGIN = 8 / 7  # test images: shorter side to size * 8/7, then the centre size x size (ImageNet's 256 -> 224)
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's share of the area and aspect ratios
 
 
@@ -52,6 +53,7 @@ class Files:
     classes: tuple[str, ...]
     channels: int
     size: int
+    crop = "center"  # how its held-out images are preprocessed (not a field: every streamed split is)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,6 +64,13 @@ class Files:
 
     def with_channels(self, channels: int) -> Files:
         return dataclasses.replace(self, channels=channels)
+
+    def decoded(self) -> Dataset:
+        """This split decoded in this process as held-out images (a `Dataset`): for a few, as cam and report show."""
+        images, labels, errors = _Decode(self, train=False)[(0, tuple(range(len(self))))]
+        if images is None:
+            raise NinError(errors[0])
+        return Dataset(images, labels, self.classes)
 
     def sample(self, n: int = 1_000) -> torch.Tensor:
         """uint8 (n, C, size, size): `n` images spread evenly over the split, as tested (for `mean_std`)."""
@@ -76,13 +85,9 @@ def stream_files(root: Path, classes: tuple[str, ...], files: list[tuple[Path, i
     return Files(str(root), names, torch.tensor([label for _, label in files]), classes, channels, size)
 
 
-def crop_box(width: int, height: int, size: int, rng: np.random.Generator | None) -> tuple[float, ...]:
-    """The (left, top, right, bottom) region of a `width` x `height` image that becomes the `size` x `size`
-    input: with `rng` a RandomResizedCrop region (up to 10 draws, then the centre at the nearest allowed
-    aspect ratio), without it the test crop (see TEST_MARGIN)."""
-    if rng is None:
-        side = min(width, height) * min(1.0, size / round(size * TEST_MARGIN))
-        return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+def crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[float, ...]:
+    """The (left, top, right, bottom) RandomResizedCrop region of a `width` x `height` training image (up to 10
+    draws, then the centre at the nearest allowed aspect ratio)."""
     area = width * height
     for _ in range(10):
         share, aspect = rng.uniform(*SCALE), math.exp(rng.uniform(*np.log(RATIO)))
@@ -96,12 +101,18 @@ def crop_box(width: int, height: int, size: int, rng: np.random.Generator | None
     return ((width - w) // 2, (height - h) // 2, (width - w) // 2 + w, (height - h) // 2 + h)
 
 
-def transform(img: Image.Image, channels: int, size: int, rng: np.random.Generator | None) -> torch.Tensor:
-    """A decoded image -> uint8 (channels, size, size): the crop of `crop_box` resized (bilinear, antialiased,
-    in one step), flipped left-right with probability 1/2 when training (`rng`)."""
+def train_draft(size: int) -> int:
+    """The side a training JPEG is decoded at no less than: the smallest crop (SCALE[0] of the area at the widest
+    aspect) still has `size` pixels each way, so no crop is upsampled from a reduced-scale decode."""
+    return math.ceil(size / math.sqrt(SCALE[0] * RATIO[0]))
+
+
+def transform(img: Image.Image, channels: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """A decoded training image -> uint8 (channels, size, size): the crop of `crop_box` resized (bilinear,
+    antialiased, in one step), flipped left-right with probability 1/2."""
     img = img.convert("L" if channels == 1 else "RGB")
-    img = img.resize((size, size), Image.Resampling.BILINEAR, box=crop_box(img.width, img.height, size, rng))
-    if rng is not None and rng.random() < 0.5:
+    img = img.resize((size, size), Image.Resampling.BILINEAR, box=crop_box(img.width, img.height, rng))
+    if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     return pixels.reshape(size, size, channels).permute(2, 0, 1)
@@ -113,6 +124,7 @@ class _Decode(torch.utils.data.Dataset):
 
     def __init__(self, files: Files, train: bool, seed: int = 0, skip_bad: bool = False):
         self.files, self.train, self.seed, self.skip_bad = files, train, seed, skip_bad
+        self.draft = train_draft(files.size) if train else round(files.size * CENTER)
 
     def __getitem__(self, key: tuple[int, tuple[int, ...]]) -> tuple:
         epoch, indices = key
@@ -120,13 +132,15 @@ class _Decode(torch.utils.data.Dataset):
         for i in indices:
             rng = np.random.default_rng((self.seed, epoch, i)) if self.train else None  # this image's own draws
             try:
-                img = open_image(Path(f.root, f.names[i].decode()), draft=f.size)  # JPEG decoded reduced
+                img = open_image(Path(f.root, f.names[i].decode()), draft=self.draft)  # JPEG decoded reduced
             except NinError as e:
                 if not self.skip_bad:
                     return None, None, [str(e)]
                 errors.append(str(e))
                 continue
-            images.append(transform(img, f.channels, f.size, rng))
+            held_out = rng is None  # held-out images: the run's preprocessing, as evaluate and predict apply it
+            images.append(from_image(img, f.channels, f.size, "center") if held_out else
+                          transform(img, f.channels, f.size, rng))  # fmt: skip
             kept.append(i)
         if not images:
             return torch.zeros(0, f.channels, f.size, f.size, dtype=torch.uint8), f.labels[:0], errors

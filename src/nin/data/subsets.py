@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +16,45 @@ from nin.errors import NinError
 if TYPE_CHECKING:
     from nin.config import Config
 
-VAL_SEED = 20_141_312  # fixes the validation split: the same images for every --seed (NiN's arXiv number)
+SUBSET_SEED = 20_141_312  # fixes every subset: the same images for every --seed, call and rank (NiN's arXiv number)
+
+
+def pick(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The sorted indices of `n` of the examples with `labels`, every class drawn in proportion to its share
+    (largest remainders round), at random with a fixed seed: the same subset on every call and every rank. A
+    folder lists its files class by class, so its first `n` would be its first classes alone."""
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    classes, counts = labels.unique(return_counts=True)
+    quota = counts * n / len(labels)
+    take = quota.floor().long()
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    shuffled = torch.randperm(len(classes), generator=generator)  # equal remainders: classes in random order
+    ranked = shuffled[torch.argsort((quota - take)[shuffled], descending=True, stable=True)]
+    take[ranked[: n - int(take.sum())]] += 1
+    order = torch.randperm(len(labels), generator=generator)
+    return torch.cat([order[labels[order] == c][:k] for c, k in zip(classes, take)]).sort().values
+
+
+def limit(data: Any, n: int) -> Any:
+    """`n` examples of `data` (a `Dataset` or `Files`) by `pick`, or all of them for 0."""
+    return data[pick(data.labels, n)] if n else data
+
+
+def few(data: Dataset | Files, n: int) -> Dataset:
+    """`n` examples of `data` drawn by `pick`, in memory (a streamed split's decoded here, as held-out images):
+    the few that cam and report draw and int8 export calibrates on, in bounded memory."""
+    data = limit(data, n)
+    return data.decoded() if isinstance(data, Files) else data
 
 
 def split(data: Dataset | Files, n: int) -> tuple[Dataset | Files, Dataset | Files]:
-    """(training, validation): `n` images drawn at random with a fixed seed are held out for validation."""
+    """(training, validation): `n` images, every class in proportion (`pick`), are held out for validation."""
     if not 0 <= n < len(data):
         raise NinError(f"--val-split {n}: the training set has {len(data):,} images; hold out fewer")
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(VAL_SEED))
-    return data[order[n:].sort().values], data[order[:n].sort().values]
+    held = torch.zeros(len(data), dtype=torch.bool)
+    held[pick(data.labels, n)] = True
+    return data[(~held).nonzero().flatten()], data[held.nonzero().flatten()]
 
 
 def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Any, Any, Any]:
@@ -33,28 +62,30 @@ def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Any, Any
     streamed folder (`streams`) a `Files`. A folder dataset without a held-out folder is tested on the
     `val_split` images it holds out (and then has no separate validation set)."""
     stream = streams(config, data_dir)
-
-    def read(part: str) -> Any:
-        if stream:
-            return stream_folder(Path(data_dir), part, config.resize)  # type: ignore[arg-type]
-        return load_split(config.dataset, part, data_dir, config.image_size, config.skip_bad_images)
-
-    train = read("train")
+    train = load_part(config, "train", data_dir, stream)
     val = None
     if config.val_split:
         train, val = split(train, config.val_split)
-    test = read("test")
+    test = load_part(config, "test", data_dir, stream)
     if test is None:
-        if val is None:
-            raise NinError(f"{data_dir}: no test/ or val/ folder; add one, or hold out training images to test on "
-                           "with --val-split N (nin train, nin sweep)")  # fmt: skip
-        test, val = val, None
+        test, val = held_out(val, data_dir), None
     test = test.with_channels(train.channels)  # a gray training set and a colour test image, or so
-    if config.train_limit:
-        train = train[: config.train_limit]
-    if config.test_limit:
-        test = test[: config.test_limit]
-    return train, val, test
+    return limit(train, config.train_limit), val, limit(test, config.test_limit)
+
+
+def load_part(config: Config, part: str, data_dir: str | Path | None, stream: bool) -> Any:
+    """The `part` ('train' or 'test') of `config`'s dataset: in memory, or `stream`ed (a `Files`)."""
+    if stream:
+        return stream_folder(Path(data_dir), part, config.resize)  # type: ignore[arg-type]
+    return load_split(config.dataset, part, data_dir, config.image_size, config.skip_bad_images)
+
+
+def held_out(val: Any, data_dir: str | Path | None) -> Any:
+    """The images a folder without test/ or val/ is tested on: those --val-split held out, else one error."""
+    if val is None:
+        raise NinError(f"{data_dir}: no test/ or val/ folder; add one, or hold out training images to test on "
+                       "with --val-split N (nin train, nin sweep)")  # fmt: skip
+    return val
 
 
 def streams(config: Config, data_dir: str | Path | None) -> bool:
@@ -72,19 +103,21 @@ def streams(config: Config, data_dir: str | Path | None) -> bool:
     return True
 
 
-def test_set(config: Config, spec: Spec, data_dir: str | Path | None = None) -> Dataset:
-    """The test images of a run with `config` trained on `spec`'s data, as training tested on them (see
-    `splits`); from `data_dir`, else the folder the run remembers, else the dataset's default."""
+def test_set(config: Config, spec: Spec, data_dir: str | Path | None = None) -> Dataset | Files:
+    """All the held-out images of a run with `config` trained on `spec`'s data, as training tested on them (see
+    `splits`; a streamed run's are streamed: `Files`); from `data_dir`, else the folder the run remembers, else
+    the dataset's default."""
     data_dir = data_dir or spec.data_dir
     source = str(data_dir or f"the {config.dataset} data")
     if spec.dataset not in DATASETS:
         raise NinError(f"a bare state_dict says nothing of the data it was trained on (here: {spec.channels} "
                        f"channel(s), {len(spec.classes)} classes), so it cannot be tested; this needs a run "
                        "directory or checkpoint written by nin train")  # fmt: skip
-    if config.dataset != "folder" or (Path(data_dir or "") / "test").is_dir():
-        test = load_split(config.dataset, "test", data_dir, config.image_size, config.skip_bad_images)
-    else:
-        test = splits(dataclasses.replace(config, train_limit=0, test_limit=0), data_dir)[2]
+    stream = spec.crop == "center"  # a streamed run's held-out images are streamed: bounded memory
+    test = load_part(config, "test", data_dir, stream)
+    if test is None:
+        test = held_out(split(load_part(config, "train", data_dir, stream), config.val_split)[1] if config.val_split
+                        else None, data_dir)  # fmt: skip
     return spec.check(test, source)  # type: ignore[arg-type]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from nin.data.preprocess import CROPS, Preprocess
 from nin.errors import NinError
 
 CLASS_NAMES = (
@@ -62,19 +63,25 @@ class Dataset:
 @dataclass(frozen=True)
 class Spec:
     """What a trained run knows of its data without the data, saved in its checkpoint: the dataset's name,
-    class names, channels and the side length of its stored images (and a folder dataset's path)."""
+    class names, channels, the side length of its stored images and how a file was cropped to it (`crop`: see
+    nin/data/preprocess.py), and a folder dataset's path."""
 
     dataset: str = "fashion-mnist"
     classes: tuple[str, ...] = CLASS_NAMES
     channels: int = 1
     size: int = 28
     data_dir: str | None = None
+    crop: str = "squash"
 
     @staticmethod
     def of(name: str, data: Dataset, data_dir: Path | None = None) -> Spec:
         """The spec of the training split `data` (a `Dataset`, or streamed `Files`: the same attributes)."""
         path = str(Path(data_dir).resolve()) if data_dir else None  # remembered: later commands need no --data-dir
-        return Spec(name, data.classes, data.channels, data.size, path)
+        return Spec(name, data.classes, data.channels, data.size, path, getattr(data, "crop", "squash"))
+
+    def preprocess(self, size: int) -> Preprocess:
+        """How an image becomes the input of a network trained on this data at `size` x `size`."""
+        return Preprocess(self.channels, self.size, size, self.crop)
 
     def check(self, data: Dataset, source: str) -> Dataset:
         """`data` in this spec's format, or one error if it is not the data this spec describes (`source`
@@ -94,12 +101,16 @@ class Spec:
         values = dict(values or {})
         if "id2label" in values:
             labels = values["id2label"]
+            crop = values["preprocessing"]["crop"] if "preprocessing" in values else "squash"  # before: all squashed
             return Spec(values["dataset"], tuple(labels[str(i)] for i in range(len(labels))), values["in_channels"],
-                        values["image_size"], values["data_dir"])  # fmt: skip
+                        values["image_size"], values["data_dir"], crop)  # fmt: skip
         if unknown := sorted(set(values) - {f.name for f in fields(Spec)}):
             raise NinError(f"{source}: its data entry has {', '.join(map(repr, unknown))}, which this nin does not "
                            "know: it was written by a newer nin; upgrade nin to read it")  # fmt: skip
-        return Spec(**{**values, "classes": tuple(values.get("classes", CLASS_NAMES))})
+        spec = Spec(**{**values, "classes": tuple(values.get("classes", CLASS_NAMES))})
+        if spec.crop not in CROPS:
+            raise NinError(f"{source}: its data entry has crop {spec.crop!r}; nin knows {', '.join(CROPS)}")
+        return spec
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "classes": list(self.classes)}

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from nin.config import Config
-from nin.data.batches import resize
-from nin.data.images import Images, load_images
-from nin.data.subsets import test_set
+from nin.data.preprocess import Images, to_inputs
+from nin.data.subsets import few, pick, test_set
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.models.nin import MAX_RESIZE, NiN, feature_sizes
@@ -41,21 +40,22 @@ def cam(
     test_samples: int = 0,
     data_dir: Path | None = None,
 ) -> list[dict]:
-    """Class maps of `net` (trained with `config` on `spec`'s data, from `checkpoint`) for `images` (files
-    or a uint8 tensor: see `load_images`), or for the first `test_samples` test images (whose true class
-    is known), drawn as heat maps over the input for the predicted and the true class into the PNG grid
-    `out`; returns each image's prediction."""
+    """Class maps of `net` (trained with `config` on `spec`'s data, from `checkpoint`) for `images` (files, or
+    stored uint8 images: see `Preprocess.stored_images`), or for `test_samples` test images drawn from every
+    class (`nin.data.subsets.pick`; their true class is known), drawn as heat maps over the input for the
+    predicted and the true class into the PNG grid `out`; returns each image's prediction."""
     if (images is None) == (not test_samples):
         raise NinError("give either image files or --test-samples N, not both and not neither")
     if test_samples < 0:
         raise NinError(f"--test-samples {test_samples}: give a number of test images, 1 to {MAX_IMAGES}")
     check_maps(net, checkpoint, config.resize)
     if images is not None:
-        (x, names), labels = load_images(images, spec), None
+        (x, names), labels = spec.preprocess(config.resize).stored_images(images), None
     else:
-        data = test_set(config, spec, data_dir)[:test_samples]
+        held_out = test_set(config, spec, data_dir)
+        data = few(held_out, test_samples)
         x, labels = data.images, data.labels
-        names = [f"test image {i}" for i in range(len(x))]
+        names = [f"test image {i}" for i in pick(held_out.labels, test_samples).tolist()]  # their place in the split
     if len(x) > MAX_IMAGES:
         raise NinError(f"at most {MAX_IMAGES} images fit one CAM grid; ask for fewer")
     return draw_cams(net, config.resize, spec.classes, x, labels, names, out)
@@ -75,7 +75,7 @@ def check_maps(net: NiN, checkpoint: Path, size: int) -> None:
 def draw_cams(net: NiN, size: int, classes: tuple[str, ...], images: torch.Tensor, labels: torch.Tensor | None,
               names: list[str], out: Path) -> list[dict]:  # fmt: skip
     """Draw the grid of uint8 `images` (N, C, H, W) of `classes` to `out`; returns each image's prediction."""
-    x = resize(images, size)
+    x = to_inputs(images, size)
     with torch.inference_mode():
         maps, logits = class_maps(net, x)
     probs = logits.softmax(dim=1)

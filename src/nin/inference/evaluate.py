@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from nin.config import Config
-from nin.data.batches import Batches, resize
-from nin.data.images import Images, load_images
-from nin.data.subsets import test_set
+from nin.data.batches import Batches
+from nin.data.preprocess import Images, Preprocess, to_inputs
+from nin.data.stream import batches_of
+from nin.data.subsets import limit, test_set
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.plots import plot_confusion
@@ -40,16 +41,15 @@ def evaluate(net: torch.nn.Module, config: Config, spec: Spec, plot: Path, data_
              device: str = "auto", test_limit: int = 0, tta: bool = False) -> dict:  # fmt: skip
     """Test accuracy, per-class accuracy and confusion matrix of a trained network (`config`: how it was
     trained; `spec`: on what), with flip test-time augmentation if `tta`; the confusion matrix is drawn to
-    `plot`. The test images are those training tested on (`nin.data.test_set`). It runs
+    `plot`. The test images are those training tested on (`nin.data.test_set`: a streamed run's are streamed,
+    decoded in worker processes), `test_limit` of them drawn from every class as training draws them. It runs
     in the run's precision on this device (bf16 autocast where the run had `--precision auto` and the
     device computes bf16), as training measured, on a copy of `net` (the caller's stays where it is)."""
     check_test_limit(test_limit)
     rt = local(device, config.precision)
     net = copy.deepcopy(net).to(rt.device, memory_format=torch.channels_last)
-    data = test_set(config, spec, data_dir)
-    if test_limit:
-        data = data[:test_limit]
-    batches = Batches(data.images, data.labels, config.batch_size, config.resize, rt.device)
+    data = limit(test_set(config, spec, data_dir), test_limit)
+    batches = batches_of(data, config.batch_size, config.resize, rt.device)
     with rt.autocast():
         matrix = confusion_matrix(net, batches, len(spec.classes), tta)
     counts = matrix.sum(dim=1)
@@ -69,20 +69,22 @@ def evaluate(net: torch.nn.Module, config: Config, spec: Spec, plot: Path, data_
     return result
 
 
-def predict(net: torch.nn.Module, size: int, spec: Spec, images: Images, top: int = 3) -> list[dict]:
-    """Top-`top` classes with probabilities for each image (see `load_images`), resized to `size` as in training."""
-    x, names = load_images(images, spec)
-    probs = logits(net, x, size).softmax(dim=1)
-    values, indices = probs.topk(min(top, len(spec.classes)), dim=1)
+def predict(net: torch.nn.Module, preprocess: Preprocess, classes: tuple[str, ...], images: Images,
+            top: int = 3) -> list[dict]:  # fmt: skip
+    """Top-`top` of `classes` with probabilities for each image (files or stored images), through the network's
+    `preprocess`ing, as training's held-out images went."""
+    x, names = preprocess.stored_images(images)
+    probs = logits(net, x, preprocess.size).softmax(dim=1)
+    values, indices = probs.topk(min(top, len(classes)), dim=1)
     return [
-        {"image": name, "top": [{"class": spec.classes[i], "prob": v} for v, i in zip(vs.tolist(), ix.tolist())]}
+        {"image": name, "top": [{"class": classes[i], "prob": v} for v, i in zip(vs.tolist(), ix.tolist())]}
         for name, vs, ix in zip(names, values, indices)
     ]
 
 
 def logits(net: torch.nn.Module, images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
-    """The network's scores (N, classes) for uint8 `images` (N, C, H, W), resized to `size` as in training, in
-    eval mode, `chunk` images at a time: memory stays that of one chunk however many images there are."""
+    """The network's scores (N, classes) for uint8 stored `images` (N, C, H, W) brought to `size` by the
+    preprocessing's step 2, in eval mode, `chunk` images at a time: memory stays that of one chunk."""
     net.eval()
     with torch.inference_mode():
-        return torch.cat([net(resize(part, size)) for part in images.split(chunk)])
+        return torch.cat([net(to_inputs(part, size)) for part in images.split(chunk)])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nin.data.subsets import test_set
+from nin.data.subsets import few, test_set
 from nin.errors import NinError
 from nin.inference.cam import check_maps, draw_cams
 from nin.inference.evaluate import logits
@@ -100,13 +100,14 @@ def _record_section(record: dict | None) -> str:
 
 
 def _cam_section(run: Run, data_dir: Path | None, per_kind: int) -> str:
-    """The first `per_kind` correct and `per_kind` wrong predictions among the first test images."""
+    """The first `per_kind` correct and `per_kind` wrong predictions among `CAM_POOL` test images drawn from every
+    class."""
     net, size = run.model, run.config.resize
     try:
         check_maps(net, run.checkpoint, size)
     except NinError as e:
         return f"<p class=note>Not drawn: {_e(str(e))}.</p>"
-    data = test_set(run.config, run.spec, data_dir)[:CAM_POOL]
+    data = few(test_set(run.config, run.spec, data_dir), CAM_POOL)
     images, labels = data.images, data.labels
     predicted = logits(net, images, size).argmax(dim=1)
     right = (predicted == labels).nonzero().flatten()[:per_kind]
@@ -117,9 +118,9 @@ def _cam_section(run: Run, data_dir: Path | None, per_kind: int) -> str:
         draw_cams(net, size, run.spec.classes, images[chosen], labels[chosen],
                   [f"test image {i}" for i in chosen.tolist()], png)  # fmt: skip
         return (
-            f"<p>The first {len(right)} correct and {len(wrong)} wrong predictions among the first {CAM_POOL} "
-            "test images: each class's map is what global average pooling turns into its score.</p>"
-            + _img(png, "class activation maps")
+            f"<p>The first {len(right)} correct and {len(wrong)} wrong predictions among {len(data)} "
+            "test images drawn from every class: each class's map is what global average pooling turns into its "
+            "score.</p>" + _img(png, "class activation maps")
         )
 
 

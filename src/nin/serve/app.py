@@ -17,7 +17,8 @@ connections (503 beyond); `WORKERS` uploads are read, decoded and classified at 
 `QUEUE_WAIT` seconds for their turn (then 503) before a byte of their body is read; a body over `MAX_UPLOAD`
 bytes is refused (413) from its Content-Length, and the read stops there whatever the header said, or after
 `READ_TIMEOUT` seconds (408); images over `MAX_PIXELS` are refused from their header, before they are decoded
-(data.images.open_image). Starlette and uvicorn are the serve extra's.
+(data.images.open_image; then the run's preprocessing,
+data/preprocess.py). Starlette and uvicorn are the serve extra's.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from nin.api import Run
-from nin.data.batches import resize
-from nin.data.images import MAX_PIXELS, load_image
+from nin.data.images import MAX_PIXELS
 from nin.errors import NinError
 from nin.inference.cam import class_maps
 
@@ -72,12 +72,11 @@ def check_extra() -> None:
 def answer(run: Run, data: bytes) -> dict:
     """The answer for one image file's bytes: the top-3 classes and the class map of the first."""
     upload = io.BytesIO(data)
-    upload.name = "the uploaded file"  # how load_image's errors name it
+    upload.name = "the uploaded file"  # how the decoder's errors name it
     try:
-        image = load_image(upload, run.spec)[None]  # (1, C, H, W) uint8, as the run's data
+        x = run.preprocess([upload])  # (1, C, S, S) float: as nin predict and training's test pass make it
     except NinError as e:
         raise Refused(400, str(e)) from None
-    x = resize(image, run.config.resize)
     with torch.inference_mode():  # one forward pass: the class maps, whose means are the logits
         maps, logits = class_maps(run.model.eval(), x)
     probs, indices = logits[0].softmax(dim=0).topk(min(3, len(run.classes)))

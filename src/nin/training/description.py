@@ -26,6 +26,7 @@ STRUCTURE = (
     "mean",
     "std",
     "dataset",
+    "preprocessing",  # compared where a description has it: those written before it imply squash
 )
 
 
@@ -51,6 +52,7 @@ def describe(config: Config, spec: Spec, weights: dict[str, torch.Tensor], recor
         "mean": weights["0.mean"].flatten().tolist() if normalize else None,
         "std": weights["0.std"].flatten().tolist() if normalize else None,
         "dataset": spec.dataset,
+        "preprocessing": spec.preprocess(config.resize).to_dict(),  # how a file becomes `input_size`
         "image_size": spec.size,
         "data_dir": spec.data_dir,
         "nin_version": __version__,
@@ -68,4 +70,5 @@ def describe(config: Config, spec: Spec, weights: dict[str, torch.Tensor], recor
 
 def mismatches(found: dict, expected: dict) -> list[str]:
     """The `STRUCTURE` fields in which a description read from a file differs from the one its weights give."""
-    return [key for key in STRUCTURE if found.get(key) != expected.get(key)]
+    implied = {"preprocessing"} - set(found)  # absent from descriptions written before it: they imply squash
+    return [key for key in STRUCTURE if found.get(key) != expected.get(key) and key not in implied]
