@@ -246,6 +246,7 @@ def test_loaders_and_torch_hub_give_the_same_model_without_huggingface_hub(tmp_p
     carry the classes, input size and description that they carry with it; hubconf names what it imports."""
     code = f"""
 import json, sys
+sys.path.insert(0, {str(REPO / "src")!r})  # this checkout's nin, as hubconf.py puts it first
 {{}}
 import torch, nin
 hub = torch.hub.load({str(REPO)!r}, "nin_mnist_fast", source="local", pretrained=True)
