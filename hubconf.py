@@ -4,13 +4,15 @@ Each returns an `nn.Module` in eval mode that takes float images (N, C, H, W) wi
 (pixel / 255, no other normalisation: a normalising network does its own) at its input size, and returns
 logits (N, classes): `nin_fast` and `nin_mnist_fast` 1 x 28 x 28 (Fashion-MNIST, MNIST), `nin_d2l`
 1 x 224 x 224 (Fashion-MNIST's classes). With `pretrained=True` the weights are those that ship with nin
-(checked against their SHA-256; nothing is downloaded); the pretrained modules also carry `classes`.
+(checked against their SHA-256; nothing is downloaded); the pretrained modules also carry `classes`,
+`input_size` (C, H, W) and `config` (their model description), with or without huggingface_hub installed.
 """
 
 import sys
 from pathlib import Path
 
-dependencies = ["torch"]
+# the import names of nin's own dependencies (pyproject.toml), which torch.hub checks before importing nin
+dependencies = ["torch", "numpy", "matplotlib", "tqdm", "PIL", "safetensors"]
 
 # torch.hub imports this file from the repository root: use the nin beside it (src/), which matches this
 # file, ahead of an installed one; from an installed package without src/, the installed nin.

@@ -38,14 +38,15 @@ def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) ->
     sessions = (run.record or {}).get("sessions", [])
     if not sessions or sessions[-1]["status"] != "finished" or len(run.metrics) != run.config.epochs:
         raise NinError(f"{run_dir}: not a finished run with a run record; ship only runs that trained to the end")
-    config = dataclasses.replace(run.config, precision="fp32")  # how every load of the card evaluates
+    config = dataclasses.replace(run.config, precision=sessions[0]["precision"])  # what ran, not "auto"
     folder, card = out / name, {"name": name, "description": description}
     pretrained.save(folder, run.model, config, run.spec, run.record, run.metrics, card)
 
     # measured from the file just written, in fp32 on the CPU, as `nin evaluate --weights NAME` measures it
     model, config, spec, _ = pretrained.read(folder)
+    measuring = dataclasses.replace(config, precision="fp32")  # as every load of shipped weights evaluates
     with tempfile.TemporaryDirectory() as tmp:
-        result = Run(folder, folder / pretrained.WEIGHTS, config, model, run.metrics, run.record, spec).evaluate(
+        result = Run(folder, folder / pretrained.WEIGHTS, measuring, model, run.metrics, run.record, spec).evaluate(
             device="cpu", plot=Path(tmp) / "confusion.png"
         )
     rows = layer_summary(model, config.resize, spec.channels)

@@ -7,6 +7,7 @@ and `report` call `load` and the `Run` method of the same name), so a run traine
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -103,15 +104,17 @@ class Run:
     def evaluate(self, data_dir: str | Path | None = None, device: str = "auto", test_limit: int = 0,
                  tta: bool = False, plot: str | Path | None = None) -> dict:  # fmt: skip
         """Test accuracy, per-class accuracy and confusion matrix, as `nin evaluate --json` prints them, in
-        the run's precision on `device`; with `tta`, averaged over each image and its mirror image. The
-        confusion matrix is drawn to `plot` (default: confusion_matrix.png in the run directory).
+        the run's precision on `device` (shipped weights: fp32, as their card's accuracy was measured); with
+        `tta`, averaged over each image and its mirror image. The confusion matrix is drawn to `plot` (default:
+        confusion_matrix.png in the run directory).
 
         >>> result = run.evaluate(test_limit=1000)
         >>> result["test_acc"], result["per_class_acc"]["Shirt"]
         (0.918, 0.72)
         """
         png = Path(plot) if plot else self._file("confusion")
-        result = evaluate_model(self.model, self.config, self.spec, png, data_dir, device, test_limit, tta)
+        config = self.config if self.card is None else dataclasses.replace(self.config, precision="fp32")
+        result = evaluate_model(self.model, config, self.spec, png, data_dir, device, test_limit, tta)
         return {"checkpoint": str(self.checkpoint), **result, "record": self.record}
 
     def predict(self, images: Images, top: int = 3) -> list[dict]:

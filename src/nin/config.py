@@ -72,7 +72,8 @@ class Config:
     )
     memory_budget: float = _field(4.0, "folder only: stream (--stream) when decoding the training images into "
                                   "memory at --image-size would take more GB than this (default 4)")  # fmt: skip
-    workers: int = _field(0, "--stream: worker processes decoding images (default 0: the cores this process may use)")
+    workers: int = _field(0, "--stream: worker processes decoding images (default 0: the cores this process may use, "
+                          "shared among torchrun's ranks on the machine)")  # fmt: skip
     dropout: float = _field(0.5, "dropout probability before the last mlpconv block (d2l: 0.5)")
     epochs: int = _field(5, "passes over the training data (d2l: 5)")
     batch_size: int = _field(256, "examples per SGD step (d2l: 256)")

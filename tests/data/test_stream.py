@@ -180,3 +180,31 @@ def test_a_streaming_run_killed_and_resumed_is_bit_identical(tmp_path):
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])
     strip = lambda r: [{k: v for k, v in m.items() if "sec" not in k} for m in r["metrics"]]  # noqa: E731
     assert strip(ours) == strip(theirs) and len(ours["metrics"]) == 2
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path, capsys):
+    """A name the file system holds as raw bytes (Latin-1 `café`): Python sees it with a surrogate escape,
+    which does not encode to UTF-8; the stream keeps the file system's own bytes."""
+    root = photos(tmp_path)
+    cat = os.fsencode(root / "train" / "cat")
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(os.fsdecode(cat + b"/caf\xe9.png"))
+    open(cat + b"/\xe9t\xe9.png", "wb").write(b"\x89PNG\r\n\x1a\n truncated")  # a bad one, skipped by name
+    files = folder_module.stream_folder(root, "train", 8)
+    assert b"caf\xe9.png" in [os.path.basename(n) for n in files.names]
+    ((x, y),) = list(StreamBatches(files, 14, CPU, skip_bad=True))
+    assert len(y) == 13 and "cat/\\xe9t\\xe9.png: " in capsys.readouterr().out  # named as printable text
+    assert len(load_split("folder", "train", root, image_size=8, skip_bad_images=True)) == 13  # in memory too
+
+
+def test_decoder_workers_per_rank_share_the_cores_among_the_local_ranks(monkeypatch):
+    """Under torchrun each rank starts its own decoder workers: the cores this process may use, divided by
+    the ranks on this machine (LOCAL_WORLD_SIZE), at least one each."""
+    from nin.data import stream
+
+    monkeypatch.setattr(stream.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert stream.default_workers() == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert stream.default_workers() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert stream.default_workers() == 1

@@ -2,12 +2,16 @@
 description: each loads back as what it is (the same classes, the same predictions), offline, and a damaged
 or edited one is refused with one clear error."""
 
+import hashlib
+import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -186,7 +190,7 @@ def test_damaged_edited_or_foreign_files_are_refused(tmp_path, capsys):
     (folder / "model.safetensors").write_bytes(good["model.safetensors"])
 
     described = json.loads(good["config.json"])
-    described["id2label"]["0"] = "zero"  # one class name edited, and not in label2id
+    described["label2id"]["0"] = 5  # one class index edited
     (folder / "config.json").write_text(json.dumps(described))
     with pytest.raises(nin.NinError, match="config.json: label2id do not match the weights"):
         nin.load(folder)
@@ -199,7 +203,7 @@ def test_damaged_edited_or_foreign_files_are_refused(tmp_path, capsys):
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(nin.NinError, match="is not empty and holds no exported model"):
+    with pytest.raises(nin.NinError, match="mine is not empty and not a nin model directory"):
         run.export(tmp_path / "mine", format="safetensors")
     (tmp_path / "w.json").write_text("{}")
     with pytest.raises(nin.NinError, match="w.json exists and is not a description written by nin export"):
@@ -234,3 +238,120 @@ def test_hubconf_uses_the_nin_beside_it_in_a_fresh_process(tmp_path):
                             timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(REPO / "src" / "nin" / "__init__.py"), "0", "(1,", "10)"]
+
+
+@pytest.mark.slow
+def test_loaders_and_torch_hub_give_the_same_model_without_huggingface_hub(tmp_path):
+    """huggingface_hub unimportable (an optional extra): torch.hub's pretrained model and nin's loaders still
+    carry the classes, input size and description that they carry with it; hubconf names what it imports."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(REPO / "src")!r})  # this checkout's nin, as hubconf.py puts it first
+{{}}
+import torch, nin
+hub = torch.hub.load({str(REPO)!r}, "nin_mnist_fast", source="local", pretrained=True)
+run = nin.load_weights("mnist-fast")
+assert type(hub).__name__ == type(run.model).__name__, (type(hub), type(run.model))
+fast = nin.from_pretrained({str(REPO / "src/nin/inference/weights/fast")!r}).model
+print(json.dumps([[list(m.classes), list(m.input_size), m.config["input_range"], m.config["mean"]]
+                  for m in (hub, run.model, fast)]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    answers = []
+    for hide in ("", "sys.modules['huggingface_hub'] = None"):
+        result = subprocess.run([sys.executable, "-c", code.format(hide)], capture_output=True, text=True,
+                                cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        answers.append(json.loads(result.stdout))
+    assert answers[0] == answers[1]
+    digits = [list("0123456789"), [1, 28, 28], [0.0, 1.0], None]
+    assert answers[0][:2] == [digits, digits] and answers[0][2][0][0] == "T-shirt/top"
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    imported = {re.split("[<>=]", r)[0].replace("Pillow", "PIL") for r in required}  # the import names
+    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    assert set(hubconf.dependencies) == imported  # torch.hub names a missing one before importing anything
+
+
+@pytest.fixture
+def stranger(tmp_path) -> tuple[Path, dict]:
+    """A model directory as downloaded from elsewhere (mnist-fast's export), and its config.json to edit."""
+    folder = nin.load_weights("mnist-fast").export(tmp_path / "downloaded", format="safetensors")
+    return folder, json.loads((folder / "config.json").read_text())
+
+
+def test_a_model_directorys_data_dir_is_never_used(stranger, tmp_path, monkeypatch, capsys):
+    folder, described = stranger
+    described["data_dir"] = str(tmp_path / "theirs")  # a folder of its choosing
+    (folder / "config.json").write_text(json.dumps(described))
+    assert nin.load(folder).spec.data_dir is None
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(folder), "--test-limit", "50", "--plot", "cm.png"]) == 0
+    assert not (tmp_path / "theirs").exists()  # the user's flag or the default only
+    assert json.loads((nin.load(folder).export(tmp_path / "again", format="safetensors") / "config.json")
+                      .read_text())["data_dir"] is None  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        ({"dataset": "cifar10"}, "dataset cifar10 has 3 channel(s) and 10 classes; the weights take 1 channel(s)"),
+        ({"dataset": "imagenet"}, "dataset must be one of fashion-mnist, mnist, cifar10, cifar100, folder"),
+        ({"dataset": "fashion-mnist"}, "dataset fashion-mnist's classes are not the ones in id2label"),
+        ({"image_size": 100_000}, "image_size 100000 is larger than"),
+        ({"image_size": "28"}, "image_size should be int"),
+        ({"in_channels": 3, "input_size": [3, 28, 28]}, "in_channels 3 and num_classes 10 do not fit the weights"),
+        ({"id2label": dict(enumerate("0123456789A")), "num_classes": 11}, "num_classes 11 do not fit the weights"),
+        ({"id2label": {"0": 0}}, "id2label should map '0', '1', ... to class names"),
+        ({"in_channels": -1}, "in_channels should be a number of channels"),
+        ({"width": 17}, "width do not match"),
+        ({"metrics": [{"epoch": "one"}]}, "metrics should be a list of epochs"),
+        ({"record": {"sessions": "x"}}, "record should be None or"),
+        ({"training": {"arch": "vit"}}, "arch must be one of"),
+    ],
+)
+def test_a_model_directory_from_elsewhere_is_data_not_orders(stranger, tmp_path, edit, fragment, monkeypatch,
+                                                             capsys):  # fmt: skip
+    folder, described = stranger
+    described["data_dir"] = str(tmp_path / "theirs")
+    described.update({k: ({**described[k], **v} if k == "training" else v) for k, v in edit.items()})
+    (folder / "config.json").write_text(json.dumps(described))
+    with pytest.raises(nin.NinError, match=f"config.json: .*{re.escape(fragment)}"):
+        nin.from_pretrained(folder)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "theirs").exists()
+
+
+def test_export_writes_only_into_an_empty_folder_or_a_nin_model_directory(tmp_path):
+    run = nin.load_weights("mnist-fast")
+    theirs = tmp_path / "theirs"  # another library's model folder
+    theirs.mkdir()
+    files = {"config.json": '{"architectures": ["ViTForImageClassification"]}', "README.md": "# their card",
+             "model.safetensors": "their weights"}  # fmt: skip
+    for name, text in files.items():
+        (theirs / name).write_text(text)
+    with pytest.raises(nin.NinError, match="theirs is not empty and not a nin model directory"):
+        run.export(theirs, format="safetensors")
+    assert {p.name: p.read_text() for p in theirs.iterdir()} == files  # every file intact
+    (theirs / "config.json").unlink()  # weights alone, no description: not nin's either
+    with pytest.raises(nin.NinError, match="theirs is not empty and not a nin model directory"):
+        run.export(theirs, format="safetensors")
+    assert (theirs / "model.safetensors").read_text() == "their weights"
+    ours = run.export(tmp_path / "ours", format="safetensors")
+    (ours / ".gitattributes").write_text("*.safetensors filter=lfs\n")  # a Hub clone of a nin model
+    assert nin.load_weights("fast").export(ours, format="safetensors") == ours  # replaced: it is nin's
+    assert nin.load(ours).classes == nin.CLASS_NAMES and (ours / ".gitattributes").is_file()
+
+
+def test_a_described_state_dict_file_holding_something_else_is_refused(tmp_path):
+    path = nin.load_weights("mnist-fast").export(tmp_path / "w.pt")
+    torch.save({"model": 1}, path)
+    described = json.loads((tmp_path / "w.json").read_text())
+    described["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()  # made to match: a stranger can
+    (tmp_path / "w.json").write_text(json.dumps(described))
+    with pytest.raises(nin.NinError, match="w.json: the weights file beside it holds no state_dict"):
+        nin.load(path)

@@ -42,7 +42,7 @@ def test_fast_ships_and_is_the_fast_preset_with_seed_0(fast):
     assert "fast" in NAMES
     preset = nin.load_preset("fast")
     assert dataclasses.replace(fast.config, precision=preset.precision) == preset and fast.config.seed == 0
-    assert fast.config.precision == "fp32"  # shipped weights evaluate in fp32, whatever trained them
+    assert fast.config.precision == "bf16"  # what trained them; they evaluate in fp32 (test_model_card_holds...)
     assert not fast.model.training
     assert fast.card["record"]["sessions"][-1]["status"] == "finished"
     assert "train --preset fast" in shlex.join(fast.card["source"]["command"])
@@ -170,9 +170,12 @@ def test_ship_weights_writes_a_card_that_loads(tmp_path, monkeypatch, capsys):
     tiny = nin.load_weights("tiny")
     card, measured = tiny.card, tiny.card["evaluation"]
     assert measured["test_acc"] == tiny.evaluate(device="cpu", plot=tmp_path / "c.png")["test_acc"]
-    assert measured["test_images"] == 10_000 and card["record"] == run.record and card["metrics"] == run.metrics
-    assert card["training"] == {**run.config.to_dict(), "precision": "fp32"} and card["source"]["seed"] == 0
-    assert card["source"]["command"] == run.record["sessions"][0]["command"]
+    assert measured["test_images"] == 10_000 and card["metrics"] == run.metrics
+    assert card["record"] == nin.inference.pretrained.portable(run.record)
+    ran = run.record["sessions"][0]["precision"]
+    assert card["training"] == {**run.config.to_dict(), "precision": ran} and card["source"]["seed"] == 0
+    assert card["source"]["command"] == card["record"]["sessions"][0]["command"]
+    assert f"(seed 0, trained in {ran})" in (tmp_path / "weights" / "tiny" / "README.md").read_text()
     assert 0 <= measured["fp32_error"] < 1e-4 and measured["smallest_top2_gap"] >= 0
     for key, value in run.model.state_dict().items():
         assert torch.equal(value, tiny.model.state_dict()[key])
@@ -184,3 +187,19 @@ def test_package_data_holds_the_weights_and_the_page():
     for path in [*(p for p in shipped.WEIGHTS_DIR.rglob("*") if p.is_file()), package / "serve" / "page.html"]:
         relative = path.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cards_say_the_precision_that_trained_and_no_local_path(name):
+    """The card says the precision training ran in (the run record's), beside the fp32 its accuracy was
+    measured in; the training command it quotes names no folder of the machine that trained it."""
+    card = shipped.card(name)
+    readme = (shipped.WEIGHTS_DIR / name / "README.md").read_text()
+    ran = {s["precision"] for s in card["record"]["sessions"]}
+    assert ran == {card["training"]["precision"]} and f"precision={card['training']['precision']}" in readme
+    assert f"trained in {card['training']['precision']}" in readme and "fp32 on the CPU, from the weights" in readme
+    commands = [card["source"]["command"], *(s["command"] for s in card["record"]["sessions"])]
+    quoted = next(line for line in readme.splitlines() if line.startswith("| trained by |")).split("`")[1]
+    for word in [*(w for c in commands for w in c), *shlex.split(quoted)]:
+        assert not Path(word.split("=")[-1]).expanduser().is_absolute(), (name, word)
+    assert quoted == shlex.join(card["source"]["command"])

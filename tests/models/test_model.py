@@ -110,3 +110,12 @@ def test_nin_bn_is_a_nin_for_28x28_input():
     assert [c.out_channels for c in convs[::3]] == [16, 32, 64, 10]
     assert not any(isinstance(m, torch.nn.Linear) for m in net.modules())  # no fully connected layer
     assert type(build("nin")) is type(net) and build("nin-bn", width=16).state_dict().keys() == net.state_dict().keys()
+
+
+def test_an_unknown_architecture_is_one_error_naming_the_known_ones():
+    from nin.errors import NinError
+    from nin.models.registry import ARCHS, build
+
+    with pytest.raises(NinError, match="unknown architecture 'nin-pape'; choose from " + ", ".join(ARCHS)):
+        build("nin-pape")
+    assert [type(build(arch, width=4)).__name__ for arch in ARCHS] == ["NiN"] * len(ARCHS)

@@ -33,6 +33,7 @@ def open_image(source: Path | BinaryIO, draft: int | None = None) -> Image.Image
     larger than `draft` x `draft` is decoded at a reduced scale (1/2, 1/4 or 1/8, never below `draft`):
     decoding is the costly part of reading photos, and this makes it up to 8x cheaper."""
     name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "the image")
+    name = os.fsencode(name).decode(errors="backslashreplace") if isinstance(name, (str, os.PathLike)) else name
     bomb = f"{name}: {{}} is over the limit of {MAX_PIXELS:,} pixels (a decompression bomb?); use a smaller image"
     try:
         with Image.open(source, formats=FORMATS) as img:

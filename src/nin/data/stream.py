@@ -81,7 +81,7 @@ class Files:
 def stream_files(root: Path, classes: tuple[str, ...], files: list[tuple[Path, int]], channels: int,
                  size: int) -> Files:  # fmt: skip
     """The (file, label) pairs `files` under `root` as `Files` decoded to `channels` at `size`."""
-    names = np.array([str(f.relative_to(root)).encode() for f, _ in files])
+    names = np.array([os.fsencode(f.relative_to(root)) for f, _ in files])  # the file system's bytes: any name
     return Files(str(root), names, torch.tensor([label for _, label in files]), classes, channels, size)
 
 
@@ -132,7 +132,7 @@ class _Decode(torch.utils.data.Dataset):
         for i in indices:
             rng = np.random.default_rng((self.seed, epoch, i)) if self.train else None  # this image's own draws
             try:
-                img = open_image(Path(f.root, f.names[i].decode()), draft=self.draft)  # JPEG decoded reduced
+                img = open_image(Path(f.root, os.fsdecode(f.names[i])), draft=self.draft)  # JPEG decoded reduced
             except NinError as e:
                 if not self.skip_bad:
                     return None, None, [str(e)]
@@ -151,8 +151,9 @@ class _Decode(torch.utils.data.Dataset):
 
 
 def default_workers() -> int:
-    """The cores this process may use (os.cpu_count() is the host's count in a container)."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may use (os.cpu_count() is the host's count in a container), shared among the
+    ranks torchrun started on this machine (LOCAL_WORLD_SIZE): each rank starts its own workers."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 class StreamBatches(Batches):

@@ -18,11 +18,15 @@ import functools
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
 from nin.config import Config, from_dict
+from nin.data.idx import IDX
+from nin.data.registry import shape_of
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.io import atomic_write_bytes, atomic_write_text
@@ -61,13 +65,15 @@ def _ours(config: Path) -> bool:
 
 def save(out: Path, model: torch.nn.Module, config: Config, spec: Spec, record: dict | None, metrics: list[dict],
          extra: dict | None = None) -> Path:  # fmt: skip
-    """Write the directory `out` (created; an earlier export in it is replaced, any other non-empty folder
-    refused); `extra`: more fields for config.json (shipped weights: their name and measured accuracy)."""
+    """Write the directory `out` (created; a nin model directory's three files are replaced, any other non-empty
+    folder refused, its files left as they are); `extra`: more fields for config.json (shipped weights: their name
+    and measured accuracy)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NinError(f"--out {out} is a file; the safetensors format writes a directory")
-    if out.is_dir() and any(out.iterdir()) and not is_model_dir(out):
-        raise NinError(f"{out} is not empty and holds no exported model; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not _ours(out / CONFIG):  # another library's folder: hands off
+        raise NinError(f"{out} is not empty and not a nin model directory (no config.json written by nin export); "
+                       "nin writes only into an empty folder or one it wrote: choose another --out")  # fmt: skip
     weights = _fp32_weights(model, out)
     from safetensors.torch import save as to_safetensors
 
@@ -108,9 +114,24 @@ def _fp32_weights(model: torch.nn.Module, out: Path) -> dict[str, torch.Tensor]:
 
 def _full(config: Config, spec: Spec, weights: dict, record: dict | None, metrics: list[dict], extra: dict | None,
           data: bytes) -> dict:  # fmt: skip
-    """config.json: `extra`'s fields, the description, the metrics and record, and the weights' SHA-256."""
-    return {**(extra or {}), **describe(config, spec, weights, record, metrics), "metrics": metrics, "record": record,
-            "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    """config.json: `extra`'s fields, the description, the metrics and record, and the weights' SHA-256; no
+    folder of this machine (no data_dir: a model directory is read without one; commands made portable)."""
+    record = portable(record)
+    return {**(extra or {}), **describe(config, spec, weights, record, metrics), "data_dir": None, "metrics": metrics,
+            "record": record, "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+
+
+def portable(record: dict | None) -> dict | None:
+    """The run record with every absolute path in its commands cut to its last part (`--out /home/me/runs/fast`
+    -> `--out fast`, `--data-dir=~/photos` -> `--data-dir=photos`): a model directory is for sharing."""
+
+    def word(w: str) -> str:
+        flag, eq, path = w.rpartition("=")
+        return f"{flag}{eq}{Path(path).name}" if Path(path).expanduser().is_absolute() else w
+
+    if record is None:
+        return None
+    return {**record, "sessions": [{**s, "command": [word(w) for w in s["command"]]} for s in record["sessions"]]}
 
 
 def read(path: Path, hint: str = "export it again") -> tuple[NiN, Config, Spec, dict]:
@@ -137,16 +158,84 @@ def read(path: Path, hint: str = "export it again") -> tuple[NiN, Config, Spec, 
         weights = from_safetensors(data)
     else:
         weights = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    state = {"model": weights, "config": description.get("training"), "data": description}
-    try:
-        model, config, spec = model_from_state(state, weights_file)
-    except (KeyError, TypeError) as e:
-        raise NinError(f"{config_file}: incomplete nin model description (no {e}); {hint}") from None
+    checked(description, weights, config_file, hint)
+    state = {"model": weights, "config": description["training"], "data": {**description, "data_dir": None}}
+    model, config, spec = model_from_state(state, weights_file)  # data_dir: the user's flag or the default only
     wrong = mismatches(description, describe(config, spec, weights))
     if wrong:
         raise NinError(f"{config_file}: {', '.join(wrong)} do not match the weights and training settings in it; "
                        f"it was edited: {hint}")  # fmt: skip
     return with_hub(model, description), config, spec, description
+
+
+def checked(d: dict, weights: dict[str, torch.Tensor], source: Path, hint: str) -> None:
+    """config.json from anywhere is data, not orders: one `NinError` for the first field nin reads that is not
+    what nin writes there. The settings get a config file's checks (types, ranges, limits, known names), and
+    the network they describe is built without memory (the meta device) and compared, tensor by tensor, with
+    the weights, so that neither the file nor its description can make nin build something else."""
+
+    def fail(what: str) -> NoReturn:
+        raise NinError(f"{source}: {what}; {hint}")
+
+    if not (isinstance(weights, dict) and all(isinstance(v, torch.Tensor) for v in weights.values())):
+        fail("the weights file beside it holds no state_dict (names -> tensors)")
+    config = from_dict(d.get("training"), source=str(source))
+    dataset = d.get("dataset")  # "unknown": a bare state_dict's data, as nin.load names it
+    from_dict({k: d.get(k) for k in ("arch", "width", "image_size")} | ({} if dataset == "unknown" else
+              {"dataset": dataset}), source=str(source))  # fmt: skip
+    labels = d.get("id2label")
+    if not (isinstance(labels, dict) and list(labels) == [str(i) for i in range(len(labels))] and labels
+            and all(isinstance(v, str) for v in labels.values())):  # fmt: skip
+        fail("id2label should map '0', '1', ... to class names")
+    channels, classes = d.get("in_channels"), tuple(labels.values())
+    if type(channels) is not int or channels < 1 or d.get("input_range") != [0.0, 1.0]:
+        fail("in_channels should be a number of channels and input_range [0.0, 1.0]")
+    with torch.device("meta"):
+        net = build(config.arch, config.dropout, config.width, channels, len(classes), config.normalize)
+    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != found:
+        key = next(k for k in (*expected, *found) if expected.get(k) != found.get(k))
+        fail(f"arch {config.arch}, width {config.width}, in_channels {channels} and num_classes {len(classes)} do "
+             f"not fit the weights ({key}: {found.get(key)} in the file, {expected.get(key)} described)")  # fmt: skip
+    if dataset not in ("folder", "unknown"):
+        if (named := shape_of(dataset)) != (channels, len(classes)):
+            fail(f"dataset {dataset} has {named[0]} channel(s) and {named[1]} classes; the weights take {channels} "
+                 f"channel(s) and {len(classes)}")  # fmt: skip
+        if dataset in IDX and IDX[dataset].classes != classes:
+            fail(f"dataset {dataset}'s classes are not the ones in id2label")
+    if not (isinstance(d.get("metrics"), list) and all(_epoch(m) for m in d["metrics"])):
+        fail(f"metrics should be a list of epochs, each with {', '.join(METRICS)} (numbers)")
+    record = d.get("record")
+    if record is not None and not (isinstance(record, dict) and isinstance(record.get("sessions"), list)
+                                   and all(_session(s) for s in record["sessions"])):  # fmt: skip
+        fail(f"record should be None or a run record: sessions, each with {', '.join(SESSION)}")
+    card = d.get("evaluation", {"test_acc": 0.0, "test_images": 0, "evaluated": ""})
+    if not (all(isinstance(d.get(k, ""), str) for k in ("name", "description", "nin_version")) and
+            isinstance(card, dict) and _number(card.get("test_acc")) and type(card.get("test_images")) is int
+            and isinstance(card.get("evaluated"), str) and isinstance(d.get("source"), dict)):  # fmt: skip
+        fail("name, description, nin_version, source or evaluation is not what nin export writes")
+
+
+METRICS = ("epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec", "epoch_seconds")
+# what nin reads of a session of the run record (nin evaluate, nin report)
+SESSION = ("command", "started", "status", "epochs_before", "epochs_after", "wall_seconds", "precision",
+           "world_size", "torch", "nin_version", "nin_commit")  # fmt: skip
+
+
+def _number(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _epoch(m: object) -> bool:
+    return isinstance(m, dict) and set(METRICS) <= set(m) <= {*METRICS, "val_acc"} and all(map(_number, m.values()))
+
+
+def _session(s: object) -> bool:
+    return (isinstance(s, dict) and set(SESSION) <= set(s)
+            and all(v is None or type(v) in (str, int, float, bool) for k, v in s.items() if k != "command")
+            and isinstance(s["command"], list) and all(isinstance(w, str) for w in s["command"])
+            and (s["wall_seconds"] is None or _number(s["wall_seconds"])))  # fmt: skip
 
 
 def model_card(description: dict, model: torch.nn.Module) -> str:
@@ -168,6 +257,9 @@ def model_card(description: dict, model: torch.nn.Module) -> str:
     network = d["arch"] + (f", width {d['width']}" if d["arch"] == "nin-bn" else "")
     inside = f"; normalised inside the network by mean {d['mean']}, std {d['std']}" if d["mean"] else ""
     command = " ".join(source["command"] or ["?"])
+    sessions = (d.get("record") or {}).get("sessions") or [d["training"]]
+    ran = " then ".join(dict.fromkeys(s["precision"] for s in sessions))  # the run record's: what the device ran
+    provenance = f"nin commit {source['nin_commit']}, on {source['machine']}"
     name = d.get("name", "this model")
     text = f"""
 # {d.get("name", f"nin {d['arch']}")}: Network in Network on {d["dataset"]}
@@ -180,7 +272,7 @@ def model_card(description: dict, model: torch.nn.Module) -> str:
 | network | {network}: {params:,} parameters, {macs:,} MACs per image |
 | input | float images (N, {c}, {h}, {w}) in [0, 1] (pixel / 255){inside} |
 | classes | {d["num_classes"]}: {classes[:400]}{"..." if len(classes) > 400 else ""} |
-| trained by | `{command}` (seed {source["seed"]}), nin commit {source["nin_commit"]}, on {source["machine"]} |
+| trained by | `{command}` (seed {source["seed"]}, trained in {ran}), {provenance} |
 
 ## How it was trained
 
@@ -196,8 +288,9 @@ anyway, with no "none of these" answer; its accuracy is that of the test set abo
 
 ```python
 import nin
+
 run = nin.from_pretrained("{name}")  # a directory like this one, or the name of weights that ship with nin
-run.predict(["image.png"])            # top classes; run.model is the nn.Module, in eval mode
+run.predict(["image.png"])  # top classes; run.model is the nn.Module, in eval mode
 ```
 
 `nin predict DIR image.png` does the same from the command line. The weights alone:
@@ -224,8 +317,7 @@ def hub_class() -> type | None:
             net = build(settings["arch"], settings["dropout"], settings["width"], spec.channels, len(spec.classes),
                         settings["normalize"])  # fmt: skip
             super().__init__(layers=list(net))
-            self.config = config
-            self.classes, self.input_size = spec.classes, tuple(config["input_size"])
+            knowing(self, config)
 
         def _save_pretrained(self, save_directory: Path) -> None:
             d = self.config
@@ -259,10 +351,20 @@ def fetch(repo_id: str, **options: object) -> Path:
 
 
 def with_hub(model: NiN, description: dict) -> NiN:
-    """`model` as a `hub_class()` network (the same weights, in eval mode) where huggingface_hub is installed."""
+    """`model` as a `hub_class()` network (the same weights, in eval mode) where huggingface_hub is installed, else
+    as it is; either way knowing its description (`knowing`), so that what a loader returns has the same
+    attributes whatever is installed."""
     cls = hub_class()
     if cls is None:
-        return model
+        return knowing(model, description)
     hub = cls(description)
     hub.load_state_dict(model.state_dict())
     return hub.eval()
+
+
+def knowing(model: NiN, description: dict) -> NiN:
+    """`model` with its description as attributes: `config` (config.json's fields: input range, mean and std,
+    data, where it came from), `classes` (the names of its outputs) and `input_size` (C, H, W)."""
+    model.config, model.classes = description, Spec.from_dict(description).classes
+    model.input_size = tuple(description["input_size"])
+    return model

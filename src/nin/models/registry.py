@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from nin.errors import NinError
 from nin.models.classic import alexnet, lenet, vgg11
 from nin.models.nin import NiN, min_resize, nin_bn, nin_fc_head, nin_imagenet, nin_paper
 
@@ -23,7 +24,9 @@ def build(arch: str = "nin", dropout: float = 0.5, width: int = 64, in_channels:
         return nin_bn(width, dropout, in_channels, num_classes, normalize)
     if arch == "nin-imagenet":
         return nin_imagenet(in_channels, num_classes, dropout, normalize)
-    return nin_paper(in_channels, num_classes, dropout, normalize)
+    if arch == "nin-paper":
+        return nin_paper(in_channels, num_classes, dropout, normalize)
+    raise NinError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
 
 
 # name -> (what it is, builder taking the input size, channels and classes). LeNet's sigmoids get d2l's
