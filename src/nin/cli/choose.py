@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from nin.cli.flags import add_data_dir, add_model, add_resize, add_run_flags, config_of, load_model, settings_of
+from nin.training.tune import PRUNERS
 
 
 def add_choose(commands: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def add_choose(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", metavar="URL", help="the study's SQLAlchemy URL (default sqlite:///DIR/study.db); "
                    "processes on one storage and study share its trials")  # fmt: skip
     p.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: DIR's name)")
-    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"), help="ends a trial "
+    p.add_argument("--pruner", default="median", choices=PRUNERS, help="ends a trial "
                    "early from its validation curve (default median)")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="trials at once on this machine, each in its own process "
                    "with its share of the cores (default 1)")  # fmt: skip

@@ -46,7 +46,7 @@ PRUNERS = ("median", "hyperband", "none")
 HEARTBEAT = 60  # seconds between a running trial's signs of life in the storage; 5 missed: failed
 
 
-class Surplus(Exception):  # noqa: N818
+class Surplus(Exception):
     """The study already had its trials when this one was asked for (another process took the last one)."""
 
 
@@ -94,8 +94,11 @@ def load(study: Study, worker: int = 0) -> Any:
         raise NinError(f"--storage {study.storage}: cannot open it ({str(e).splitlines()[0][:200]})") from None
     pruner = {"median": optuna.pruners.MedianPruner(), "none": optuna.pruners.NopPruner(),
               "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=study.base.epochs)}  # fmt: skip
-    s = optuna.create_study(storage=storage, study_name=study.name, direction="maximize",
-                            pruner=pruner[study.pruner], load_if_exists=True)  # fmt: skip
+    s = optuna.create_study(storage=storage, study_name=study.name, direction="maximize", load_if_exists=True)
+    # a different draw per process and per restart: a restarted study must not redraw its first trials
+    seed = random.Random(f"{study.seed}/{worker}/{len(s.trials)}").getrandbits(32)
+    s = optuna.load_study(study_name=study.name, storage=storage, pruner=pruner[study.pruner],
+                          sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True))  # fmt: skip
     ours = {"config": study.base.to_dict(), "space": {k: p.to_dict() for k, p in study.space.items()}}
     theirs = {k: s.user_attrs[k] for k in ours if k in s.user_attrs}
     if theirs and theirs != ours:
@@ -104,9 +107,6 @@ def load(study: Study, worker: int = 0) -> Any:
                        "give the same settings to finish it, or another --out (or --study) for a new one")  # fmt: skip
     for key, value in ours.items():
         s.set_user_attr(key, value)
-    # a different draw per process and per restart: a restarted study must not redraw its first trials
-    s.sampler = optuna.samplers.TPESampler(seed=random.Random(f"{study.seed}/{worker}/{len(s.trials)}").getrandbits(32),
-                                           constant_liar=True)  # fmt: skip
     return s
 
 
@@ -167,8 +167,8 @@ def check_trial_dirs(study: Study, s: Any) -> None:
 def objective(study: Study, s: Any, trial: Any) -> float:
     """One trial: draw its settings, train its run, report each epoch's validation accuracy to the pruner."""
     optuna = optuna_module()
+    trial.set_user_attr("pid", os.getpid())  # before the host: a trial of this host always says its process
     trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
     if counted(s, before=trial.number) >= study.trials:
         trial.set_user_attr("surplus", True)
         raise Surplus
@@ -188,7 +188,7 @@ def objective(study: Study, s: Any, trial: Any) -> float:
 
     run.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(run.with_suffix(".log"), "w") as log, redirect_stdout(log), redirect_stderr(log):
+        with open(run.with_suffix(".log"), "w", buffering=1) as log, redirect_stdout(log), redirect_stderr(log):
             history = train(config, run, study.data_dir, on_epoch=report)
     except Pruned:
         raise optuna.TrialPruned() from None
@@ -218,11 +218,9 @@ def progress(study: Study, s: Any, t: Any) -> None:
           flush=True)  # fmt: skip
 
 
-def work(study: Study, worker: int = 0, threads: int | None = None) -> None:
-    """Run trials until the study has its total (or the timeout passes)."""
-    if threads:
-        torch.set_num_threads(threads)
-    s = load(study, worker)
+def work(study: Study, s: Any, threads: int) -> None:
+    """Run trials of the loaded study `s` until it has its total (or the timeout passes)."""
+    torch.set_num_threads(threads)
     if counted(s) >= study.trials:
         return
 
@@ -238,11 +236,11 @@ def work(study: Study, worker: int = 0, threads: int | None = None) -> None:
 def _worker(study: Study, worker: int, threads: int) -> None:
     """A spawned process of `jobs`: its errors are said in one line, like the command's."""
     try:
-        work(study, worker, threads)
+        work(study, load(study, worker), threads)
     except (NinError, OSError) as e:
         print(f"nin: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as e:  # noqa: BLE001  (Stopped, KeyboardInterrupt: the signal reached every process)
+    except (Exception, KeyboardInterrupt) as e:  # Stopped, or Ctrl-C: the signal reached every process
         print(f"nin: tune process {worker}: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
@@ -269,7 +267,7 @@ def tune(study: Study, jobs: int = 1) -> Any:
     for p in helpers:
         p.start()
     try:
-        work(study, 0, threads)
+        work(study, s, threads)
     finally:
         for p in helpers:
             p.join()
