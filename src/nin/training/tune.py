@@ -309,13 +309,16 @@ def summary(study: Study, s: Any) -> dict:
 
 
 def importances(s: Any) -> dict[str, float]:
-    """Each searched setting's share of the score's variation (Optuna's default evaluator, PED-ANOVA);
-    empty while fewer than 2 trials are complete or no setting varied."""
+    """Each searched setting's share of the score's variation (Optuna's default evaluator, PED-ANOVA); empty
+    while there are too few complete trials to tell (Optuna then warns and gives every setting the same)."""
     optuna = optuna_module()
-    try:
-        return optuna.importance.get_param_importances(s)
-    except (ValueError, RuntimeError):
-        return {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            found = optuna.importance.get_param_importances(s)
+        except (ValueError, RuntimeError):  # no complete trial
+            return {}
+    return {} if any("importances will be equal" in str(w.message) for w in caught) else found
 
 
 def write_outputs(study: Study, s: Any) -> dict:
