@@ -134,6 +134,9 @@ def plot_tune(history: list[dict], importances: dict[str, float], path: Path, ti
             line.append((r["trial"], best))
     if line:
         left.step(*zip(*line), where="post", color="tab:orange", label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     left.set_xlabel("trial")
     left.set_ylabel("validation accuracy")
     left.grid(True, alpha=0.3)

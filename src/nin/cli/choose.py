@@ -66,8 +66,9 @@ def tune(args: argparse.Namespace) -> int:
         return 128 + e.signum
     result = write_outputs(study, s)
     best = result["best"]
-    print(f"{result['states']}; " + (f"best: trial {best['trial']:04d}, val acc {best['val_acc']:.4f}, {best['params']}"
-          if best else "no trial complete yet"))  # fmt: skip
+    print(", ".join(f"{n} {state}" for state, n in result["states"].items()) + "; " + (
+          f"best: trial {best['trial']:04d}, val acc {best['val_acc']:.4f}, {best['params']}" if best
+          else "no trial complete yet"))  # fmt: skip
     print(f"wrote {study.out / 'tune.json'}, {study.out / 'tune.png'}" + (f"; nin train --config "
           f"{study.out / 'best.toml'} trains the best on all the training data" if best else ""))  # fmt: skip
     return 0

@@ -336,7 +336,7 @@ def write_outputs(study: Study, s: Any) -> dict:
                 f"# nin train --config {out / 'best.toml'} trains it on all the training data.\n")  # fmt: skip
         atomic_write_text(out / "best.toml", head + to_toml(config.to_dict()))
     plot_tune(result["history"], importances(s), out / "tune.png",
-              f"study {study.name}: {result['states']}")  # fmt: skip
+              f"study {study.name}: " + ", ".join(f"{n} {state}" for state, n in result["states"].items()))  # fmt: skip
     return result
 
 
