@@ -67,6 +67,14 @@ def test_a_bad_space_file_is_one_clear_error_before_any_trial(tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_a_folder_without_test_images_is_refused_before_any_trial(tmp_path, capsys):
+    (tmp_path / "photos" / "train" / "cat").mkdir(parents=True)
+    args = ["--dataset", "folder", "--data-dir", str(tmp_path / "photos"), "--trials", "2"]
+    assert main(["tune", *args, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nin: error: {tmp_path / 'photos'}: no test/ (or val/) folder") and err.count("\n") == 1
+
+
 def test_a_trial_whose_process_is_gone_is_marked_failed(tmp_path):
     from nin.training.tune import fail_dead_trials
 

@@ -178,9 +178,6 @@ def objective(study: Study, s: Any, trial: Any) -> float:
     trial.set_user_attr("run", str(run))
 
     def report(metrics: dict) -> None:
-        if "val_acc" not in metrics:  # a folder without a test/ folder tests on the held-out images
-            raise NinError("nin tune scores trials on held-out training images and keeps the test images apart: "
-                           "this image folder needs a test/ (or val/) folder of its own")  # fmt: skip
         trial.report(metrics["val_acc"], metrics["epoch"])
         trial.set_user_attr("epochs", metrics["epoch"])
         if trial.should_prune():
@@ -348,8 +345,13 @@ def prepare(base: Config, name: str, fixed: set[str], out: Path | None = None, s
     SQLite there) and study name (default the folder's name)."""
     if options.get("trials", 1) < 1:
         raise NinError(f"--trials {options['trials']}: give the study's total number of trials, 1 or more")
+    data_dir = options.get("data_dir")
+    if base.dataset == "folder" and data_dir and not any((Path(data_dir) / d).is_dir() for d in ("test", "val")):
+        # without one, training tests on the held-out images (data/subsets.py), and the trials need them apart
+        raise NinError(f"{data_dir}: no test/ (or val/) folder; nin tune scores trials on held-out training "
+                       "images and keeps the test images apart: the folder needs test images of its own")  # fmt: skip
     if not base.val_split:
-        base = from_dict({**base.to_dict(), "val_split": default_val_split(base, options.get("data_dir"))})
+        base = from_dict({**base.to_dict(), "val_split": default_val_split(base, data_dir)})
     out = Path(out) if out is not None else Path("runs") / f"tune-{name}"
     searched = read_space(space, base, fixed) if space else default_space(base, fixed)
     if not searched:
