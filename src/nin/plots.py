@@ -147,7 +147,7 @@ def plot_tune(history: list[dict], importances: dict[str, float], path: Path, ti
         right.bar_label(bars, [f"{importances[n]:.2f}" for n in names], fontsize=7, padding=2)
         right.margins(x=0.25)
     else:
-        right.text(0.5, 0.5, "importances need 2 or more\ncomplete trials that differ", ha="center", va="center")
+        right.text(0.5, 0.5, "importances: from 10\ncomplete trials on", ha="center", va="center")
         right.set_axis_off()
     right.set_xlabel("importance (share of the score's variation)")
     fig.suptitle(title, fontsize=10)

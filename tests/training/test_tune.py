@@ -150,3 +150,23 @@ def test_processes_on_one_study_share_the_trials_and_stop_together(tmp_path):
     assert all(t.user_attrs.get("surplus") for t in trials if t not in counted)  # a late ask, and nothing else
     assert len({t.user_attrs["pid"] for t in counted}) >= 2  # the work was shared
     assert sorted(p.name for p in (out / "trials").iterdir() if p.is_dir()) == [f"{t.number:04d}" for t in counted]
+
+
+def test_importances_from_10_complete_trials_on_and_the_picture_draws_them(tmp_path):
+    from nin.plots import plot_tune
+    from nin.training.tune import importances
+
+    s = optuna.create_study(direction="maximize")
+    lr = optuna.distributions.FloatDistribution(0.01, 1.0, log=True)
+    width = optuna.distributions.CategoricalDistribution([8, 16])
+    for i in range(12):
+        if i == 9:
+            assert importances(s) == {}  # 9 complete: no top 10% to set against the rest
+        params = {"lr": 0.01 * 1.5**i, "width": (8, 16)[i % 2]}
+        s.add_trial(optuna.trial.create_trial(params=params, distributions={"lr": lr, "width": width}, value=i / 12))
+    found = importances(s)
+    assert set(found) == {"lr", "width"} and found["lr"] > found["width"]  # the score follows lr alone
+    history = [{"trial": i, "state": "complete", "val_acc": i / 12, "last_val_acc": i / 12} for i in range(12)]
+    plot_tune(history + [{"trial": 12, "state": "pruned", "val_acc": None, "last_val_acc": 0.1}], found,
+              tmp_path / "tune.png", "study")  # fmt: skip
+    assert (tmp_path / "tune.png").stat().st_size > 0
