@@ -92,8 +92,10 @@ def load(study: Study, worker: int = 0) -> Any:
             )  # fmt: skip
     except Exception as e:  # SQLAlchemy's errors for a bad URL or an unreachable database have no common base
         raise NinError(f"--storage {study.storage}: cannot open it ({str(e).splitlines()[0][:200]})") from None
+    epochs = study.space.get("epochs")  # Hyperband's resource: epochs, up to the most a trial may draw
+    most = max([study.base.epochs, *(epochs.choices or (epochs.high,))]) if epochs else study.base.epochs
     pruner = {"median": optuna.pruners.MedianPruner(), "none": optuna.pruners.NopPruner(),
-              "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=study.base.epochs)}  # fmt: skip
+              "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=most)}  # fmt: skip
     s = optuna.create_study(storage=storage, study_name=study.name, direction="maximize", load_if_exists=True)
     # a different draw per process and per restart: a restarted study must not redraw its first trials
     seed = random.Random(f"{study.seed}/{worker}/{len(s.trials)}").getrandbits(32)
