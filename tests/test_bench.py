@@ -106,18 +106,6 @@ def test_folder_benchmark_writes_the_folders_and_prints_both_loads(tmp_path):
     assert lines[3].startswith("cached load: ") and len(list((tmp_path / "png" / "test").iterdir())) == 10
 
 
-def test_int8_benchmark_prints_both_models_side_by_side():
-    pytest.importorskip("onnxruntime")
-    script = Path(__file__).parents[1] / "benchmarks" / "int8.py"
-    args = ["--weights", "mnist-fast", "--test-limit", "100", "--calls", "3", "--rounds", "1", "--batch", "16"]
-    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("mnist-fast")]
-    assert [r[1] for r in rows[:2]] == ["fp32", "int8"] and rows[2][1:3] == ["int8", "/"]
-    assert all(0 <= float(r[3]) <= 1 and float(r[4]) > 0 for r in rows[:2])
-    assert "on 100 test images" in result.stdout
-
-
 def test_photo_folders_and_the_streaming_benchmark_nin_half(tmp_path):
     """benchmarks/photos.py writes a tiny train/ + val/ JPEG folder; benchmarks/stream.py measures nin's
     loader on it (torchvision's half runs only in the benchmark's own venv)."""

@@ -1,5 +1,5 @@
 """PNG figures: training curves (like d2l's Animator), the confusion matrix, class activation maps, the
-model comparison."""
+model comparison, a tuning study, a model's forms benchmarked."""
 
 from __future__ import annotations
 
@@ -114,4 +114,62 @@ def plot_compare(rows: list[dict], path: Path, budget: str) -> None:
         if key == "params":
             ax.set_xscale("log")
     fig.suptitle(f"Same budget for every model: {budget}", fontsize=10)
+    _save(fig, path)
+
+
+def plot_tune(history: list[dict], importances: dict[str, float], path: Path, title: str) -> None:
+    """A study's history (each trial's validation accuracy, pruned ones at their last epoch's, and the best so
+    far) beside its settings' importances."""
+    fig = _figure((10, 3.6))
+    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+    best, line = None, []
+    for state, style in (("complete", "o"), ("pruned", "x")):
+        rows = [r for r in history if r["state"] == state and (r["val_acc"] or r["last_val_acc"]) is not None]
+        left.plot([r["trial"] for r in rows], [r["val_acc"] or r["last_val_acc"] for r in rows], style, label=state,
+                  color="tab:blue" if state == "complete" else "tab:gray")  # fmt: skip
+    for r in sorted(history, key=lambda r: r["trial"]):
+        if r["state"] == "complete":
+            best = r["val_acc"] if best is None else max(best, r["val_acc"])
+        if best is not None:
+            line.append((r["trial"], best))
+    if line:
+        left.step(*zip(*line), where="post", color="tab:orange", label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
+    left.set_xlabel("trial")
+    left.set_ylabel("validation accuracy")
+    left.grid(True, alpha=0.3)
+    left.legend(fontsize=8)
+    names = sorted(importances, key=importances.get)
+    if names:
+        bars = right.barh(names, [importances[n] for n in names], color="tab:green")
+        right.bar_label(bars, [f"{importances[n]:.2f}" for n in names], fontsize=7, padding=2)
+        right.margins(x=0.25)
+    else:
+        right.text(0.5, 0.5, "importances: from 10\ncomplete trials on", ha="center", va="center")
+        right.set_axis_off()
+    right.set_xlabel("importance (share of the score's variation)")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_benchmark(rows: list[dict], path: Path, title: str) -> None:
+    """Two bar charts, one bar per form of the model: batch-1 latency (median, min to max) and throughput."""
+    fig = _figure((10, 0.45 * len(rows) + 1.4))
+    latency, throughput = fig.subplots(1, 2, sharey=True)
+    names = [r["form"] for r in rows][::-1]  # first row on top
+    ms = [r["latency_ms"]["median"] for r in rows][::-1]
+    spread = [[m - r["latency_ms"]["min"] for m, r in zip(ms, rows[::-1])],
+              [r["latency_ms"]["max"] - m for m, r in zip(ms, rows[::-1])]]  # fmt: skip
+    bars = latency.barh(names, ms, xerr=spread, color="tab:blue", error_kw={"elinewidth": 0.8})
+    latency.bar_label(bars, [f"{v:.3f}" for v in ms], fontsize=7, padding=8)
+    latency.set_xlabel("batch-1 latency, ms (median; min to max)")
+    rate = [r["images_per_sec"]["median"] for r in rows][::-1]
+    bars = throughput.barh(names, rate, color="tab:green")
+    throughput.bar_label(bars, [f"{v:,.0f}" for v in rate], fontsize=7, padding=2)
+    throughput.set_xlabel("images/s in batches (median)")
+    for ax in (latency, throughput):
+        ax.margins(x=0.3)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)

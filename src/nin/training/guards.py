@@ -27,6 +27,10 @@ class Stopped(Exception):
         self.signum = signum
 
 
+class Pruned(Exception):
+    """A per-epoch hook ended the run after an epoch that is saved (`nin tune` prunes a trial so)."""
+
+
 class StopOnSignal:
     """SIGINT/SIGTERM ask the loop to stop at its next check; a second SIGINT stops at once."""
 

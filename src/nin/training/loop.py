@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,11 +73,13 @@ class _Loop:
 
 
 def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: bool = False,
-          force: bool = False, auto_resume: bool = False) -> list[dict]:  # fmt: skip
+          force: bool = False, auto_resume: bool = False,
+          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:  # fmt: skip
     """Train NiN as `config` says into the run directory `out_dir` (a new one, or with `force` a
     replaced one), or continue the run there (`resume`; with `auto_resume`, if it holds a run with these
     settings, else start one); returns the per-epoch metrics. A finished run is not trained further: its
-    metrics.jsonl and curves.png are completed from its checkpoint if a crash left them behind."""
+    metrics.jsonl and curves.png are completed from its checkpoint if a crash left them behind.
+    `on_epoch` gets each epoch's metrics once they are saved; raising `Pruned` ends the run there."""
     run = RunDir(out_dir)
     if auto_resume:  # every rank reads the folder before the ranks meet: rank 0 has written nothing yet
         resume = continues(config, run)
@@ -153,6 +156,8 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
                 run.write_text("metrics", _metrics_text(history))
                 plot_curves(history, config.epochs, run.file("curves"))
                 live.show(run.file("curves"))
+            if on_epoch is not None:
+                on_epoch(m)
             # a signal in the epoch's last step or its evaluation: stop now that the epoch is saved
             if epoch + 1 < config.epochs and rt.all_sum(float(stop.signum > 0))[0]:
                 raise stop.stopped(f"after epoch {epoch + 1}", run.path)

@@ -30,7 +30,8 @@ def provenance(device: str) -> dict:
 
 
 def cpu_info() -> dict:
-    """The CPU model and the features that decide its speed here: AVX2 (fp32), AVX-512 BF16 and AMX (bf16)."""
+    """The CPU model and the features that decide its speed here: AVX2 (fp32), VNNI (int8), AVX-512 BF16 and AMX
+    (bf16)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -46,6 +47,7 @@ def cpu_info() -> dict:
         "cpu": model,
         "cpu_count": os.cpu_count(),
         "avx2": "avx2" in flags,
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
         "avx512_bf16": "avx512_bf16" in flags,
         "amx": "amx_bf16" in flags,
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 from nin.errors import NinError
 from nin.io import atomic_write_text
 from nin.training.checkpoint import is_checkpoint
-from nin.training.guards import Diverged, Stopped
+from nin.training.guards import Diverged, Pruned, Stopped
 from nin.training.provenance import provenance
 
 # key -> (file name, what writes it)
@@ -174,6 +174,9 @@ class RunDir:
             raise
         except Diverged:
             status = "diverged"
+            raise
+        except Pruned:
+            status = "pruned"
             raise
         except KeyboardInterrupt:
             status = "interrupted"

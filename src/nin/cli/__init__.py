@@ -1,4 +1,5 @@
-"""The `nin` command: summary, train, sweep, evaluate, predict, cam, compare, report, export, weights, serve.
+"""The `nin` command: summary, train, tune, sweep, benchmark, evaluate, predict, cam, compare, report, export,
+weights, serve.
 
 A thin layer over the library's API."""
 
@@ -13,8 +14,20 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from nin.api import DEFAULT_PRESET, FORMATS, Run, configure, load, load_weights
-from nin.config import DEVICES, FIELDS, Config, Recipe, field_types, load_preset, presets
+from nin.api import FORMATS
+from nin.cli.choose import add_choose, benchmark, tune
+from nin.cli.flags import (
+    add_config_flags,
+    add_data_dir,
+    add_model,
+    add_resize,
+    add_run_flags,
+    config_of,
+    images_of,
+    load_model,
+    settings_of,
+)
+from nin.config import DEVICES, FIELDS, Config, Recipe, load_preset
 from nin.errors import NinError
 from nin.training.rundir import new_run_path
 from nin.training.runtime import teardown
@@ -35,14 +48,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         field = FIELDS[name]
         p.add_argument(f"--{name}", type=type(field.default), choices=field.metadata["choices"] or None,
                        help=f"default: the preset's; {field.metadata['help']}")  # fmt: skip
-    _add_data_dir(p)
+    add_data_dir(p)
 
     p = commands.add_parser(
         "train",
         help="train NiN (on Fashion-MNIST, or --dataset mnist, cifar10, cifar100, folder)",
         description="Settings come from the preset (or config file), then from the flags.",
     )
-    _add_config_flags(p)
+    add_run_flags(p)
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<date>-<time>)")
     p.add_argument("--force", action="store_true", help="replace the nin run in a non-empty --out (its files are "
@@ -50,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-resume", action="store_true", help="continue the run with these settings in --out (a "
                    "finished one: nothing to do), or start it if --out holds none (for torchrun "
                    "--max-restarts)")  # fmt: skip
-    _add_data_dir(p)
+    add_data_dir(p)
 
     p = commands.add_parser(
         "sweep",
@@ -59,14 +72,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "number of failed runs (diverged, or test accuracy under 5 x chance: 0.5 for 10 classes); writes "
         "sweep.json to --out.",
     )
-    _add_config_flags(p)
+    add_run_flags(p)
     p.add_argument("--seeds", type=int, default=20, help="how many seeds, from 0 (default 20)")
     p.add_argument("--out", type=Path, help="directory for the runs and sweep.json (default runs/sweep-<preset>-...)")
-    _add_data_dir(p)
+    add_data_dir(p)
+
+    add_choose(commands)
 
     p = commands.add_parser("evaluate", help="test accuracy, per-class accuracy and a confusion matrix PNG")
-    _add_model(p)
-    _add_resize(p)
+    add_model(p)
+    add_resize(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument(
         "--plot", type=Path, help="confusion matrix PNG (default: confusion_matrix.png beside the checkpoint)"
@@ -76,22 +91,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta", action="store_true", help="flip test-time augmentation: average over each image and its mirror"
     )
-    _add_data_dir(p)
+    add_data_dir(p)
 
     p = commands.add_parser("predict", help="top-3 classes for PNG/JPEG images")
-    _add_model(p, "RUN_DIR|MODEL_DIR|CHECKPOINT|MODEL.onnx")
-    _add_resize(p)
+    add_model(p, "RUN_DIR|MODEL_DIR|CHECKPOINT|MODEL.onnx")
+    add_resize(p)
     p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = commands.add_parser("cam", help="class activation maps of images or test images, as a PNG grid")
-    _add_model(p)
-    _add_resize(p)
+    add_model(p)
+    add_resize(p)
     p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
     p.add_argument("--test-samples", type=int, default=0, metavar="N", help="the first N test images instead")
     p.add_argument("--out", type=Path, help="the PNG (default: cam.png beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    _add_data_dir(p)
+    add_data_dir(p)
 
     p = commands.add_parser(
         "compare",
@@ -104,19 +119,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory (default runs/compare-<date>-<time>); a run "
                    "directory works too, and its report then shows the comparison")  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite an earlier comparison in --out")
-    _add_data_dir(p)
+    add_data_dir(p)
 
     p = commands.add_parser("report", help="one self-contained HTML page about a run")
-    _add_model(p, "RUN_DIR")
-    _add_resize(p)
+    add_model(p, "RUN_DIR")
+    add_resize(p)
     p.add_argument("--out", type=Path, help="the HTML file (default: report.html in the run directory)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
     p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
-    _add_data_dir(p)
+    add_data_dir(p)
 
     p = commands.add_parser("export", help="the trained network as a plain state_dict (the seed's), a safetensors "
                             "model directory (config.json, model card) or ONNX")  # fmt: skip
-    _add_model(p)
+    add_model(p)
     p.add_argument("--format", default="state-dict", choices=FORMATS, help="default: state-dict (with its description "
                    "beside it, NAME.json); safetensors: the directory --out with model.safetensors, config.json and "
                    "README.md")  # fmt: skip
@@ -124,16 +139,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "training images)")  # fmt: skip
     p.add_argument("--out", type=Path, help="the file, or directory for safetensors (default: weights.pt, model.onnx "
                    "or model-int8.onnx in the run directory)")  # fmt: skip
-    _add_data_dir(p)
-    _add_resize(p)
+    add_data_dir(p)
+    add_resize(p)
 
     p = commands.add_parser("weights", help="the trained weights that ship with nin, with their model cards")
     p.add_argument("name", nargs="?", help="one of them (default: all)")
     p.add_argument("--json", action="store_true", help="print the model cards as JSON")
 
     p = commands.add_parser("serve", help="a local web page and JSON API: top-3 classes and class maps of images")
-    _add_model(p)
-    _add_resize(p)
+    add_model(p)
+    add_resize(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000; 0: any free port (printed)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME", help="another name clients reach "
@@ -141,83 +156,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model(p: argparse.ArgumentParser, metavar: str = "RUN_DIR|MODEL_DIR|CHECKPOINT") -> None:
-    p.add_argument("checkpoint", type=Path, nargs="?", metavar=metavar)
-    p.add_argument("--weights", metavar="NAME", help="weights that ship with nin instead (`nin weights` lists "
-                   "them); outputs then default to the current directory, as NAME-<file>")  # fmt: skip
-
-
-def load_model(args: argparse.Namespace) -> Run:
-    """The run a command works on: RUN_DIR|CHECKPOINT, or the shipped weights of --weights."""
-    if args.weights is None:
-        if args.checkpoint is None:
-            raise NinError("give a run directory or checkpoint, or --weights NAME (`nin weights` lists them)")
-        return load(args.checkpoint, args.resize, args.dataset)
-    if args.checkpoint is not None and not hasattr(args, "images"):  # predict and cam take it as an image
-        raise NinError(f"give either {args.checkpoint} or --weights {args.weights}, not both")
-    for flag, value in (("--resize", args.resize), ("--dataset", args.dataset)):
-        if value is not None:
-            raise NinError(f"{flag} {value}: shipped weights know their input size and data; {flag} is for a bare "
-                           "state_dict")  # fmt: skip
-    return load_weights(args.weights)
-
-
-def images_of(args: argparse.Namespace) -> list[Path]:
-    """The IMAGE arguments: with --weights, the first positional argument is an image too."""
-    return [args.checkpoint, *args.images] if args.weights and args.checkpoint else args.images
-
-
-def _add_resize(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resize", type=int, help="for a bare state_dict of the seed's nn.Sequential: its input side "
-                   "length (default 224); a nin checkpoint knows its own")  # fmt: skip
-    p.add_argument("--dataset", choices=[d for d in FIELDS["dataset"].metadata["choices"] if d != "folder"],
-                   help="for a bare state_dict: the data it was trained on, which names its classes (default: "
-                   "fashion-mnist, said on stderr); a nin checkpoint knows its own")  # fmt: skip
-
-
-def add_config_flags(p: argparse.ArgumentParser, cls: type = Config) -> None:
-    """One flag per field of the dataclass `cls`, typed by its type hint (a bool field gets --x/--no-x;
-    an optional one also takes 'none'). Flags not given are absent from the parsed namespace."""
-    for f, (kind, optional) in zip(dataclasses.fields(cls), field_types(cls).values()):
-        flag, help = f"--{f.name.replace('_', '-')}", f.metadata.get("help")
-        if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
-        else:
-            choices = f.metadata.get("choices") or None
-            p.add_argument(flag, type=_parse(kind, optional), choices=choices, default=argparse.SUPPRESS, help=help)
-
-
-def _parse(kind: type, optional: bool):
-    def parse(text: str) -> object:
-        return None if optional and text.lower() == "none" else kind(text)
-
-    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
-    return parse
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--preset", help=f"a bundled recipe: {', '.join(presets())} (default {DEFAULT_PRESET})")
-    source.add_argument("--config", type=Path, help="a TOML or JSON config file (e.g. a run's config.json)")
-    add_config_flags(p)
-
-
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        help="the dataset's folder: the four IDX .gz files (Fashion-MNIST, MNIST), the CIFAR archive (downloaded "
-        "there if missing), or the image folder of --dataset folder (default $NIN_DATA_DIR/<dataset>, else the "
-        "bundled copy, else ~/.cache/nin/<dataset>; a run trained with --data-dir remembers it)",
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     keep_freed_memory()
-    commands = {"summary": summary, "train": train, "evaluate": evaluate, "predict": predict, "cam": cam,
-                "compare": compare, "report": report, "sweep": sweep, "export": export, "weights": weights,
-                "serve": serve}  # fmt: skip
+    commands = {"summary": summary, "train": train, "tune": tune, "benchmark": benchmark, "evaluate": evaluate,
+                "predict": predict, "cam": cam, "compare": compare, "report": report, "sweep": sweep, "export": export,
+                "weights": weights, "serve": serve}  # fmt: skip
     code = 1  # an unexpected exception: its traceback is printed as Python does
     try:
         code = commands[args.command](args)
@@ -317,16 +261,6 @@ def sweep(args: argparse.Namespace) -> int:
     print(f"failed runs: {result['failed']} of {args.seeds} (diverged, or test accuracy under "
           f"{result['failed_below']:.3g}); {out / 'sweep.json'}")  # fmt: skip
     return 0
-
-
-def settings_of(args: argparse.Namespace) -> dict:
-    """The `Config` fields given as flags."""
-    return {k: getattr(args, k) for k in FIELDS if hasattr(args, k)}
-
-
-def config_of(args: argparse.Namespace) -> tuple[Config, str]:
-    """The settings of a new run: the preset's or the config file's, then the flags given; and its name."""
-    return configure(args.config or args.preset, **settings_of(args))
 
 
 def evaluate(args: argparse.Namespace) -> int:
