@@ -24,7 +24,7 @@ from PIL import Image
 
 from nin.data.registry import load_split
 from nin.data.types import CLASS_NAMES
-from nin.training.provenance import cpu_info
+from nin.runtime import cpu_info
 
 # one process per load: its wall time, and its peak resident memory as it reports it
 LOAD = ("import resource, sys, nin; nin.data.load('folder', sys.argv[1], image_size=int(sys.argv[2])); "

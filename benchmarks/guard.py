@@ -20,8 +20,8 @@ import time
 import torch
 
 from nin.models.nin import init_kaiming, nin_bn
+from nin.runtime import local, sync
 from nin.training.guards import blown
-from nin.training.runtime import local, sync
 from nin.training.step import EpochState, train_step
 
 

@@ -25,7 +25,7 @@ from nin.data.types import Spec
 from nin.inference.export import OnnxModel, to_onnx
 from nin.models.nin import INITS
 from nin.models.registry import build
-from nin.training.provenance import cpu_info
+from nin.runtime import cpu_info
 
 
 def timed(fn, x: torch.Tensor) -> float:

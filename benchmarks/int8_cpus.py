@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import nin
     from nin.data.preprocess import to_inputs
     from nin.data.registry import load_split
-    from nin.training.provenance import cpu_info
+    from nin.runtime import cpu_info
 
     run = nin.load_weights(args.weights)
     test = load_split(run.spec.dataset, "test")

@@ -20,8 +20,7 @@ import torch
 
 from nin.config import load_preset
 from nin.models.nin import INITS, NiN
-from nin.training.provenance import cpu_info
-from nin.training.runtime import Runtime, local
+from nin.runtime import Runtime, cpu_info, local
 from nin.training.step import median_images_per_sec
 
 

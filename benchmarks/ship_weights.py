@@ -43,7 +43,7 @@ def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) ->
     pretrained.save(folder, run.model, config, run.spec, run.record, run.metrics, card)
 
     # measured from the file just written, in fp32 on the CPU, as `nin evaluate --weights NAME` measures it
-    model, config, spec, _ = pretrained.read(folder)
+    model, config, spec, _ = pretrained.read_model_dir(folder)
     measuring = dataclasses.replace(config, precision="fp32")  # as every load of shipped weights evaluates
     with tempfile.TemporaryDirectory() as tmp:
         result = Run(folder, folder / pretrained.WEIGHTS, measuring, model, run.metrics, run.record, spec).evaluate(
@@ -65,7 +65,7 @@ def ship(run_dir: Path, name: str, description: str, out: Path = WEIGHTS_DIR) ->
         "torch": torch.__version__,
     }
     pretrained.save(folder, model, config, spec, run.record, run.metrics, card)  # the same weights, now with the card
-    return pretrained.read(folder)[3]
+    return pretrained.read_model_dir(folder)[3]
 
 
 def margins(model: torch.nn.Module, size: int) -> tuple[float, float]:

@@ -20,7 +20,7 @@ import torch
 
 from nin.config import PRECISIONS
 from nin.models.nin import NiN, init_kaiming, layer_summary
-from nin.training.runtime import Runtime, local
+from nin.runtime import Runtime, local
 from nin.training.step import median_images_per_sec
 
 

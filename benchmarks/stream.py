@@ -108,7 +108,7 @@ def child(loader: str, root: Path, steps: int) -> None:
     import torch
 
     from nin.models.nin import INITS, nin_bn
-    from nin.training.runtime import Runtime
+    from nin.runtime import Runtime
     from nin.training.step import EpochState, train_step
 
     torch.manual_seed(0)
@@ -154,7 +154,7 @@ def predict(root: Path, sizes: list[int]) -> list[dict]:
     from nin.data.folder import stream_folder
     from nin.data.stream import StreamBatches
     from nin.models.nin import INITS, nin_imagenet
-    from nin.training.runtime import Runtime
+    from nin.runtime import Runtime
     from nin.training.step import median_images_per_sec
 
     rows = []
@@ -217,7 +217,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.folders[0], args.steps)
-    from nin.training.provenance import cpu_info
+    from nin.runtime import cpu_info
 
     print(f"{cpu_info()['cpu']}, {len(os.sched_getaffinity(0))} cores; {sys.executable}")
     results = []

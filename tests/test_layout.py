@@ -9,8 +9,8 @@ import nin
 
 SRC = Path(nin.__file__).parent
 # each subpackage may import the ones listed after it, never one before it (the module-level order of concerns)
-LAYERS = ["cli", "serve", "api", "report", "inference", "training", "config", "models", "data", "plots", "io",
-          "errors", "version"]  # fmt: skip
+LAYERS = ["cli", "serve", "api", "report", "training", "inference", "runtime", "config", "models", "data", "plots",
+          "io", "errors", "version"]  # fmt: skip
 
 
 def modules() -> dict[str, Path]:

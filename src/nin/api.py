@@ -20,20 +20,20 @@ from nin.data.preprocess import Images, Preprocess
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.inference.cam import cam as draw_class_maps
+from nin.inference.description import model_from_state
 from nin.inference.evaluate import evaluate as evaluate_model
 from nin.inference.evaluate import predict as predict_images
-from nin.inference.pretrained import WEIGHTS, fetch, has_description, save, save_state_dict
-from nin.inference.pretrained import read as read_described
+from nin.inference.pretrained import WEIGHTS, fetch_from_hub, has_description, read_model_dir, save, save_state_dict
 from nin.inference.shipped import names as shipped_names
 from nin.inference.shipped import path_of as shipped_path
-from nin.inference.shipped import read as read_shipped
+from nin.inference.shipped import read_shipped
 from nin.models.nin import NiN, layer_summary
 from nin.models.registry import MODELS, smallest_input
 from nin.report.page import report as write_report
-from nin.training.checkpoint import load_checkpoint, model_from_state, read_model_state
+from nin.runtime import is_main_process
+from nin.training.checkpoint import load_checkpoint, read_model_state
 from nin.training.loop import train as train_loop
 from nin.training.rundir import FILES, RunDir, new_run_path
-from nin.training.runtime import is_main_process
 
 DEFAULT_PRESET = "fast"
 FORMATS = ("state-dict", "safetensors", "onnx")
@@ -216,7 +216,7 @@ def load(path: str | Path, resize: int | None = None, dataset: str | None = None
             if value is not None:
                 raise NinError(f"{flag} {value}: {path} comes with its description, which says its input size "
                                f"and data; {flag} is for a bare state_dict")  # fmt: skip
-        model, config, spec, described = read_described(path)
+        model, config, spec, described = read_model_dir(path)
         folder = path if path.is_dir() else path.parent
         weights = folder / WEIGHTS if folder == path or path.name == WEIGHTS else path
         return Run(folder, weights, config, model, described["metrics"], described["record"], spec)
@@ -262,7 +262,7 @@ def from_pretrained(name_or_dir: str | os.PathLike) -> Run:
     if str(name_or_dir) in shipped_names():
         return load_weights(str(name_or_dir))
     if str(name_or_dir).count("/") == 1 and not str(name_or_dir).startswith((".", "/")):
-        return load(fetch(str(name_or_dir)))
+        return load(fetch_from_hub(str(name_or_dir)))
     raise NinError(f"{name_or_dir}: no such file or directory, and not the name of shipped weights "
                    f"({', '.join(shipped_names())}) or a Hub repository (user/name)")  # fmt: skip
 

@@ -18,7 +18,7 @@ from nin.data.preprocess import to_inputs
 from nin.data.registry import load_fashion_mnist
 from nin.data.subsets import pick
 from nin.errors import NinError
-from nin.training.description import describe
+from nin.inference.description import describe
 from seed_nin import seed_net
 
 

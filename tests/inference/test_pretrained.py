@@ -23,8 +23,8 @@ import nin
 from nin.cli import main
 from nin.data.registry import load_split
 from nin.inference import shipped
+from nin.inference.description import describe
 from nin.inference.evaluate import logits
-from nin.training.description import describe
 from seed_nin import seed_net
 
 REPO = Path(__file__).parents[2]
@@ -221,7 +221,7 @@ def test_from_pretrained_names_what_it_takes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(nin.NinError, match="nowhere: no such file or directory, and not the name of shipped weights"):
         nin.from_pretrained("nowhere")
-    monkeypatch.setattr(nin.api, "fetch", lambda repo: nin.load_weights("fast").export("got", format="safetensors"))
+    monkeypatch.setattr(nin.api, "fetch_from_hub", lambda repo: nin.load_weights("fast").export("got", format="safetensors"))
     assert nin.from_pretrained("someone/nin-fast").path == Path("got")  # a Hub repository, fetched
 
 

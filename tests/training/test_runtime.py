@@ -12,9 +12,9 @@ from nin.config import Config
 from nin.data.preprocess import to_inputs
 from nin.data.registry import load_fashion_mnist
 from nin.errors import NinError
+from nin.runtime import autocast_dtype
 from nin.training.loop import train
 from nin.training.rundir import RunDir
-from nin.training.runtime import autocast_dtype
 
 CPU = torch.device("cpu")
 NATIVE_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from nin.config import Config, Recipe
 from nin.models.nin import NiN
+from nin.runtime import Runtime, local
 from nin.training import compare as compare_module
 from nin.training.loop import train
-from nin.training.runtime import Runtime, local
 from nin.training.step import EpochState, train_step
 
 

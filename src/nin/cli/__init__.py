@@ -29,8 +29,8 @@ from nin.cli.flags import (
 )
 from nin.config import DEVICES, FIELDS, Config, Recipe, load_preset
 from nin.errors import NinError
+from nin.runtime import teardown
 from nin.training.rundir import new_run_path
-from nin.training.runtime import teardown
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -226,8 +226,8 @@ def summary(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace) -> int:
     from nin.api import train as run_training
+    from nin.runtime import is_main_process
     from nin.training.guards import Stopped
-    from nin.training.runtime import is_main_process
 
     try:
         run_training(args.config or args.preset, args.out, args.data_dir, args.resume, args.force,
@@ -240,8 +240,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def sweep(args: argparse.Namespace) -> int:
+    from nin.runtime import is_main_process
     from nin.training.guards import Stopped
-    from nin.training.runtime import is_main_process
     from nin.training.sweep import sweep as run_sweep
 
     config, name = config_of(args)

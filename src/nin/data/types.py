@@ -96,7 +96,7 @@ class Spec:
     @staticmethod
     def from_dict(values: dict | None, source: object = "the model description") -> Spec:
         """A checkpoint's `data` entry (`source` names the checkpoint in errors), or a model description
-        (nin.training.description: config.json, ONNX metadata); checkpoints from before datasets existed are
+        (nin.inference.description: config.json, ONNX metadata); checkpoints from before datasets existed are
         Fashion-MNIST."""
         values = dict(values or {})
         if "id2label" in values:

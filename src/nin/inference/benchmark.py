@@ -24,8 +24,7 @@ from nin.inference.evaluate import check_test_limit, logits
 from nin.inference.export import OnnxModel, to_onnx
 from nin.inference.pretrained import WEIGHTS, save
 from nin.plots import plot_benchmark
-from nin.training.provenance import cpu_info
-from nin.training.runtime import local
+from nin.runtime import cpu_info, local
 
 if TYPE_CHECKING:
     from nin.api import Run

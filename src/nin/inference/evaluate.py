@@ -15,7 +15,7 @@ from nin.data.subsets import limit, test_set
 from nin.data.types import Spec
 from nin.errors import NinError
 from nin.plots import plot_confusion
-from nin.training.runtime import local
+from nin.runtime import local
 
 
 def confusion_matrix(net: torch.nn.Module, batches: Batches, n: int, tta: bool = False) -> torch.Tensor:

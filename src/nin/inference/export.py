@@ -22,8 +22,8 @@ from nin.data.preprocess import Preprocess, to_inputs
 from nin.data.subsets import few, load_part
 from nin.data.types import Spec
 from nin.errors import NinError
+from nin.inference.description import FORMAT, describe
 from nin.io import atomic_write_bytes
-from nin.training.description import FORMAT, describe
 
 EXTRA = "pip install 'nin[export]' (onnx, onnxscript and onnxruntime)"
 
@@ -36,7 +36,7 @@ def to_onnx(model: nn.Module, config: Config, spec: Spec, path: Path, record: di
             data_dir: str | Path | None = None) -> Path:  # fmt: skip
     """Write `model` as one self-contained ONNX file: input `images`, float32 (N, C, H, W) in [0, 1] at
     the run's input size (N free; a normalising run's mean and std are inside the graph), output `logits`
-    (N, classes); the model's description (nin/training/description.py: classes, input size, data, where
+    (N, classes); the model's description (nin/inference/description.py: classes, input size, data, where
     it came from) in its metadata, one JSON value per field. With `quantize="int8"`: onnxruntime's static
     quantization (7-bit int8 weights per channel, uint8 activations, QDQ format: the same integers on every
     x86 CPU), its activation ranges calibrated on `CALIBRATION` training images (from `data_dir`, else where

@@ -2,7 +2,7 @@
 
 - `model.safetensors`: the weights (fp32), in safetensors (no pickle: loading runs no code), with nin's
   format and version in its metadata;
-- `config.json`: the model's description (nin/training/description.py: arch, channels, classes as
+- `config.json`: the model's description (nin/inference/description.py: arch, channels, classes as
   `id2label`, input size, normalisation, data, where it came from), its per-epoch metrics and run record,
   and the SHA-256 of model.safetensors, checked on every load (a damaged or swapped weights file is refused);
 - `README.md`: the model card, with the YAML front matter the Hugging Face Hub reads.
@@ -29,11 +29,10 @@ from nin.data.idx import IDX
 from nin.data.registry import shape_of
 from nin.data.types import Spec
 from nin.errors import NinError
+from nin.inference.description import FORMAT, describe, mismatches, model_from_state
 from nin.io import atomic_write_bytes, atomic_write_text
 from nin.models.nin import NiN, layer_summary
 from nin.models.registry import build
-from nin.training.checkpoint import model_from_state
-from nin.training.description import FORMAT, describe, mismatches
 from nin.version import __version__
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
@@ -134,7 +133,7 @@ def portable(record: dict | None) -> dict | None:
     return {**record, "sessions": [{**s, "command": [word(w) for w in s["command"]]} for s in record["sessions"]]}
 
 
-def read(path: Path, hint: str = "export it again") -> tuple[NiN, Config, Spec, dict]:
+def read_model_dir(path: Path, hint: str = "export it again") -> tuple[NiN, Config, Spec, dict]:
     """The model in the directory `path`, or in the state_dict file `path` with its description beside it:
     (the network in eval mode, on the CPU; its training config; its data's spec; config.json), after checking
     the weights against the SHA-256 in config.json and config.json against the weights. `hint`: what to do
@@ -331,15 +330,15 @@ def hub_class() -> type | None:
                              **kwargs: object) -> NiN:  # fmt: skip
             path = Path(model_id)
             if not path.is_dir():
-                path = fetch(model_id, revision=revision, cache_dir=cache_dir, token=token,
+                path = fetch_from_hub(model_id, revision=revision, cache_dir=cache_dir, token=token,
                              force_download=force_download, local_files_only=local_files_only)  # fmt: skip
-            return read(path)[0]
+            return read_model_dir(path)[0]
 
     PretrainedNiN.__qualname__ = PretrainedNiN.__name__  # made here, named as if at module level
     return PretrainedNiN
 
 
-def fetch(repo_id: str, **options: object) -> Path:
+def fetch_from_hub(repo_id: str, **options: object) -> Path:
     """The Hugging Face Hub repository `repo_id`'s three files, downloaded into the Hub's cache (`options`:
     `snapshot_download`'s); needs huggingface_hub."""
     try:

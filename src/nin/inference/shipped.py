@@ -15,8 +15,7 @@ from pathlib import Path
 from nin.config import Config
 from nin.data.types import Spec
 from nin.errors import NinError
-from nin.inference.pretrained import CONFIG, WEIGHTS
-from nin.inference.pretrained import read as read_dir
+from nin.inference.pretrained import CONFIG, WEIGHTS, read_model_dir
 from nin.models.nin import NiN
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -41,9 +40,9 @@ def card(name: str) -> dict:
     return json.loads((path_of(name) / CONFIG).read_text())
 
 
-def read(name: str) -> tuple[NiN, Config, Spec, dict]:
+def read_shipped(name: str) -> tuple[NiN, Config, Spec, dict]:
     """The shipped weights `name`: (network, config, spec, model card), checked against the card's SHA-256."""
-    return read_dir(path_of(name), hint="reinstall nin to get the shipped weights back")
+    return read_model_dir(path_of(name), hint="reinstall nin to get the shipped weights back")
 
 
 def render(info: dict) -> str:

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from nin.config import Config, from_dict, load_preset
+from nin.config import Config, load_preset
 from nin.data.idx import IDX
 from nin.data.registry import load_split
 from nin.data.types import Spec
 from nin.errors import NinError
+from nin.inference.description import describe
 from nin.io import atomic_torch_save
-from nin.models.nin import NiN, check_resize
+from nin.models.nin import check_resize
 from nin.models.registry import build
-from nin.training.description import describe
 
 FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
 
@@ -184,16 +184,3 @@ def _data_of(dataset: str, path: Path) -> Spec:
                        "its run directory (nin export RUN_DIR), which keeps them")  # fmt: skip
     test = load_split(dataset, "test")  # CIFAR's class names are in its archive
     return Spec(dataset, test.classes, test.images.shape[1], test.images.shape[-1])
-
-
-def model_from_state(state: dict, path: Path) -> tuple[NiN, Config, Spec]:
-    """The trained network (in eval mode, on the CPU), the config it was trained with and its data's spec,
-    from the contents of the checkpoint file `path` (named in errors)."""
-    config = from_dict(state["config"], source=str(path))
-    spec = Spec.from_dict(state.get("data"), path)
-    net = build(config.arch, config.dropout, config.width, spec.channels, len(spec.classes), config.normalize)
-    try:
-        net.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise NinError(f"{path}: weights do not fit the {config.arch} model ({str(e).splitlines()[0]})") from None
-    return net.eval(), config, spec

@@ -25,10 +25,10 @@ from nin.errors import NinError
 from nin.models.nin import init_kaiming, init_weights, layer_summary
 from nin.models.registry import MODELS, smallest_input
 from nin.plots import plot_compare
+from nin.runtime import Runtime, local, sync
 from nin.training.guards import at_chance, blown
 from nin.training.provenance import provenance
 from nin.training.rundir import RunDir
-from nin.training.runtime import Runtime, local, sync
 from nin.training.step import EpochState, evaluate_accuracy, train_step
 
 

@@ -34,11 +34,11 @@ from nin.models.nin import INITS, NiN, check_resize
 from nin.models.registry import build
 from nin.models.syncbn import sync_batch_norm
 from nin.plots import plot_curves
+from nin.runtime import Runtime, setup, sync
 from nin.training.checkpoint import load_checkpoint, save_checkpoint
 from nin.training.guards import StopOnSignal, blown, chance_plateau, diverged
 from nin.training.progress import LiveCurves, progress_bar
 from nin.training.rundir import RunDir
-from nin.training.runtime import Runtime, setup, sync
 from nin.training.step import EpochState, evaluate_accuracy, train_step
 
 

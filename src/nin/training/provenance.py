@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from pathlib import Path
 
 import torch
 
+from nin.runtime import cpu_info
 from nin.version import __version__
 
 
@@ -27,30 +27,6 @@ def provenance(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["gpu_count"] = torch.cuda.device_count()
     return info
-
-
-def cpu_info() -> dict:
-    """The CPU model and the features that decide its speed here: AVX2 (fp32), VNNI (int8), AVX-512 BF16 and AMX
-    (bf16)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:  # not Linux
-        pass
-    return {
-        "cpu": model,
-        "cpu_count": os.cpu_count(),
-        "avx2": "avx2" in flags,
-        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx": "amx_bf16" in flags,
-    }
 
 
 def _git_commit() -> str | None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nin.data.batches import Batches
-from nin.training.runtime import Runtime
+from nin.runtime import Runtime
 
 
 @dataclass

@@ -17,9 +17,9 @@ from nin.config import Config
 from nin.data.registry import shape_of
 from nin.errors import NinError
 from nin.io import atomic_write_text
+from nin.runtime import is_main_process
 from nin.training.guards import Diverged
 from nin.training.loop import train
-from nin.training.runtime import is_main_process
 
 
 def failed_below(classes: int) -> float:

@@ -1,5 +1,6 @@
 """What a trained model is, in one table: the fields of config.json in the directory form (nin/inference/
-pretrained.py), of an exported ONNX model's metadata and of a checkpoint's `data` entry, all built by `describe`.
+pretrained.py), of an exported ONNX model's metadata and of a checkpoint's `data` entry, all built by `describe`;
+and the network a checkpoint's contents describe (`model_from_state`).
 
 The names follow the Hugging Face convention where it has one (`id2label`, `label2id`, `num_classes`,
 `in_channels`), so tools that read config.json find the class names where they look for them.
@@ -7,10 +8,15 @@ The names follow the Hugging Face convention where it has one (`id2label`, `labe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from nin.config import Config
+from nin.config import Config, from_dict
 from nin.data.types import Spec
+from nin.errors import NinError
+from nin.models.nin import NiN
+from nin.models.registry import build
 from nin.version import __version__
 
 FORMAT = "nin-model-v1"
@@ -72,3 +78,16 @@ def mismatches(found: dict, expected: dict) -> list[str]:
     """The `STRUCTURE` fields in which a description read from a file differs from the one its weights give."""
     implied = {"preprocessing"} - set(found)  # absent from descriptions written before it: they imply squash
     return [key for key in STRUCTURE if found.get(key) != expected.get(key) and key not in implied]
+
+
+def model_from_state(state: dict, path: Path) -> tuple[NiN, Config, Spec]:
+    """The trained network (in eval mode, on the CPU), the config it was trained with and its data's spec,
+    from the contents of the checkpoint file `path` (named in errors)."""
+    config = from_dict(state["config"], source=str(path))
+    spec = Spec.from_dict(state.get("data"), path)
+    net = build(config.arch, config.dropout, config.width, spec.channels, len(spec.classes), config.normalize)
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise NinError(f"{path}: weights do not fit the {config.arch} model ({str(e).splitlines()[0]})") from None
+    return net.eval(), config, spec

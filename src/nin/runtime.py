@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -191,3 +193,27 @@ def teardown(wait: bool = True) -> bool:
             pass
     dist.destroy_process_group()
     return True
+
+
+def cpu_info() -> dict:
+    """The CPU model and the features that decide its speed here: AVX2 (fp32), VNNI (int8), AVX-512 BF16 and AMX
+    (bf16)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux
+        pass
+    return {
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "avx2": "avx2" in flags,
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_bf16" in flags,
+    }
