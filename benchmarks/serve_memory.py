@@ -4,6 +4,7 @@
     python benchmarks/serve_memory.py --clients 40 --megabytes 9 --rounds 3
     python benchmarks/serve_memory.py --megapixels 39.9   # the most pixels the server decodes, in a small file
     python benchmarks/serve_memory.py --megapixels 36 --mode RGBA --clients 8   # transparent; or --mode I;16
+    python benchmarks/serve_memory.py --not-image        # 9 MB of random bytes each: every answer a 400
 
 Starts `nin serve --weights fast --port 0` as its own process (with this Python, so PYTHONPATH picks the code
 measured), sends one upload to warm it up, then `--rounds` times `--clients` uploads at the same moment (threads
@@ -83,10 +84,14 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=9.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--megapixels", type=float, help="send a gradient of this many megapixels instead")
+    parser.add_argument("--not-image", action="store_true", help="send --megabytes of random bytes instead")
     parser.add_argument("--mode", choices=["RGB", "RGBA", "I;16"], default="RGB", help="the gradient's mode")
     args = parser.parse_args()
 
-    image = gradient_png(args.megapixels, args.mode) if args.megapixels else noise_png(args.megabytes)
+    if args.not_image:
+        image = np.random.default_rng(0).bytes(int(args.megabytes * 2**20))
+    else:
+        image = gradient_png(args.megapixels, args.mode) if args.megapixels else noise_png(args.megabytes)
     boundary = "nin-benchmark"
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="noise.png"\r\n\r\n'.encode()
             + image + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
