@@ -73,6 +73,13 @@ def test_images(run):
 @contextlib.contextmanager
 def serving(run: nin.Run):
     """A real uvicorn server of `run`, in a thread, on a free port of 127.0.0.1: yields the port."""
+    with served(run) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def served(run: nin.Run):
+    """As `serving`, yielding the port and the uvicorn server."""
     from nin.serve.app import listen, server
 
     sock = listen("127.0.0.1", 0)
@@ -84,7 +91,7 @@ def serving(run: nin.Run):
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.02)
     try:
-        yield sock.getsockname()[1]
+        yield sock.getsockname()[1], uvicorn_server
     finally:
         uvicorn_server.should_exit = True
         thread.join(10)
@@ -507,3 +514,16 @@ def test_an_answer_over_the_decode_time_gets_503_and_keeps_its_slot(run, test_im
         release.set()
         time.sleep(0.1)
         assert_good_request(port, test_images)
+
+
+def test_answers_go_out_at_once(run):
+    """The server's connections have TCP_NODELAY: without it, each answer on a kept-alive connection waited
+    for the client's delayed ACK (40 ms on Linux), and the server answered 93 requests/s at most."""
+    with served(run) as (port, uvicorn_server):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/info")
+        conn.getresponse().read()
+        (connection,) = uvicorn_server.server_state.connections
+        accepted = connection.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        conn.close()
