@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -527,3 +528,21 @@ def test_answers_go_out_at_once(run):
         accepted = connection.transport.get_extra_info("socket")
         assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         conn.close()
+
+
+def test_the_server_runs_each_forward_pass_on_one_thread(run, monkeypatch):
+    """Concurrency comes from the upload slots; a pass split over threads waits for each to be scheduled."""
+    import torch
+
+    from nin.serve import app as serve
+
+    seen = []
+    monkeypatch.setattr(serve, "server", lambda *args: types.SimpleNamespace(run=lambda sockets: seen.append(
+        torch.get_num_threads())))  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        serve.serve_forever(run, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]
