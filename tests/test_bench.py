@@ -122,3 +122,22 @@ def test_photo_folders_and_the_streaming_benchmark_nin_half(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["images"] == 24 and row["images_per_sec"] > 0 and row["pss_mb"] > 0 and row["rss_mb"] >= row["pss_mb"]
     assert "images/s  peak PSS" in result.stdout
+
+
+def test_serve_load_benchmark_prints_a_row_per_client_count_beside_the_ceiling(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("uvicorn")
+    script = Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
+    out = tmp_path / "load.json"
+    result = subprocess.run([sys.executable, str(script), "--clients", "1", "3", "--seconds", "1", "--images", "20",
+                             "--ceiling-seconds", "0.5", "--cam", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "20 Fashion-MNIST test PNGs, with the class map; 1 s per row" in lines[0]
+    assert lines[1].split()[:5] == ["clients", "requests", "req/s", "ceiling/s", "of"]
+    assert [line.split()[0] for line in lines[2:]] == ["1", "3"]
+    figures = json.loads(out.read_text())
+    assert figures["cam"] and [r["clients"] for r in figures["rows"]] == [1, 3]
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["p99_ms"] >= r["p50_ms"] > 0 and r["rss_end_mb"] > 0
+               and r["ceiling_per_second"] > 0 for r in figures["rows"])  # fmt: skip

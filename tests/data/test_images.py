@@ -6,6 +6,7 @@ import io
 import os
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -166,3 +167,30 @@ def test_every_decoder_error_is_one_nin_error_naming_the_file(tmp_path):
             upload.name = "the uploaded file"
             prepare(upload, 1, 28)
         assert str(e.value).startswith("the uploaded file: "), case
+
+
+@pytest.mark.slow  # a process of its own: its peak memory is the decoder's
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16"])
+def test_transparency_and_16_bit_decode_in_a_few_bytes_per_pixel(tmp_path, mode):
+    """A 4-megapixel image with alpha or 16-bit samples decodes with a peak of a few bytes per pixel over the
+    decoded image (Pillow's RGB: 4 bytes), not a 32- or 64-bit copy of it (44 and 24 bytes per pixel before)."""
+    side = 2000
+    ramp = np.add.outer(np.arange(side), np.arange(side)) % 256
+    if mode == "I;16":  # a 16-bit PNG (Pillow opens it as I;16 whatever the byte order it stores)
+        img = Image.frombytes(mode, (side, side), (ramp * 257).astype("<u2").tobytes())
+    else:
+        img = Image.fromarray(np.stack([ramp] * {"RGBA": 4, "LA": 2, "P": 1}[mode], -1).astype(np.uint8).squeeze())
+        img = img.convert(mode) if mode != "P" else img.convert("P")
+    options = {"transparency": 3} if mode == "P" else {}
+    (tmp_path / "big.png").write_bytes(saved(img, **options))
+    probe = (  # VmHWM (peak resident memory) before and after decoding, in kB
+        "import sys\nfrom nin.data.images import open_image\n"
+        "def peak():\n    return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n"
+        "before = peak()\nimg = open_image(sys.argv[1])\nprint(img.mode, peak() - before)"
+    )  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "big.png")], capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out_mode, grown_kb = result.stdout.split()
+    assert out_mode == ("L" if mode in ("LA", "I;16") else "RGB")
+    assert int(grown_kb) * 1024 / side**2 < 12, f"{int(grown_kb) * 1024 / side**2:.1f} bytes per pixel"

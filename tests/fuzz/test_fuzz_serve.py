@@ -26,7 +26,7 @@ token = st.text(st.characters(min_codepoint=32, max_codepoint=126, blacklist_cha
 
 
 @st.composite
-def bodies(draw) -> tuple[bytes, dict]:
+def bodies(draw) -> tuple[bytes, dict, str]:
     """A request body and its headers: mostly multipart, sometimes anything."""
     boundary = draw(st.sampled_from(["nin-fuzz"] * 8 + [draw(token) or "-"]))
     data = draw(st.one_of(st.sampled_from(list(SEEDS.values())), mutated(), st.binary(max_size=300)))
@@ -42,18 +42,18 @@ def bodies(draw) -> tuple[bytes, dict]:
     origin = draw(st.sampled_from([None] * 6 + ["http://127.0.0.1:8000", "http://evil.example", "null", "x"]))
     if origin is not None:
         headers["Origin"] = origin
-    return body, headers
+    return body, headers, draw(st.sampled_from(["/predict", "/predict?cam=1"]))  # the page asks for the map
 
 
 @examples(80)
 @given(bodies())
 def test_predict_answers_200_or_one_json_error(client, request_):
-    body, headers = request_
-    response = client.post("/predict", content=body, headers=headers)
+    body, headers, path = request_
+    response = client.post(path, content=body, headers=headers)
     assert response.status_code == 200 or 400 <= response.status_code < 500, (response.status_code, response.text)
     answer = response.json()
     outcome(answer.get("error", "the top-3"), prefix=f"{response.status_code}: ")
     if response.status_code == 200:
-        assert len(answer["top"]) == 3 and ("cam" in answer)
+        assert len(answer["top"]) == 3 and ("cam" in answer) == path.endswith("cam=1")
     else:
         assert list(answer) == ["error"] and isinstance(answer["error"], str) and answer["error"], answer

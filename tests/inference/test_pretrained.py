@@ -221,7 +221,8 @@ def test_from_pretrained_names_what_it_takes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(nin.NinError, match="nowhere: no such file or directory, and not the name of shipped weights"):
         nin.from_pretrained("nowhere")
-    monkeypatch.setattr(nin.api, "fetch_from_hub", lambda repo: nin.load_weights("fast").export("got", format="safetensors"))
+    fetched = lambda repo: nin.load_weights("fast").export("got", format="safetensors")  # noqa: E731
+    monkeypatch.setattr(nin.api, "fetch_from_hub", fetched)
     assert nin.from_pretrained("someone/nin-fast").path == Path("got")  # a Hub repository, fetched
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,9 +54,9 @@ def request(port: int, method: str, path: str, body=None, headers=None) -> tuple
         conn.close()
 
 
-def post_image(port: int, data: bytes, **kwargs) -> tuple[int, dict]:
+def post_image(port: int, data: bytes, path: str = "/predict", **kwargs) -> tuple[int, dict]:
     body, kind = multipart(data, **kwargs)
-    return request(port, "POST", "/predict", body, {"Content-Type": kind})
+    return request(port, "POST", path, body, {"Content-Type": kind})
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,13 @@ def test_images(run):
 @contextlib.contextmanager
 def serving(run: nin.Run):
     """A real uvicorn server of `run`, in a thread, on a free port of 127.0.0.1: yields the port."""
+    with served(run) as (port, _):
+        yield port
+
+
+@contextlib.contextmanager
+def served(run: nin.Run):
+    """As `serving`, yielding the port and the uvicorn server."""
     from nin.serve.app import listen, server
 
     sock = listen("127.0.0.1", 0)
@@ -84,7 +92,7 @@ def serving(run: nin.Run):
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.02)
     try:
-        yield sock.getsockname()[1]
+        yield sock.getsockname()[1], uvicorn_server
     finally:
         uvicorn_server.should_exit = True
         thread.join(10)
@@ -108,7 +116,7 @@ def assert_good_request(port, test_images, i: int = 0) -> None:
 def test_top3_and_class_map_of_real_test_images(port, test_images):
     for i in range(5):
         assert_good_request(port, test_images, i)
-    _, answer = post_image(port, test_images[0][0])
+    _, answer = post_image(port, test_images[0][0], "/predict?cam=1")  # what the page asks
     cam = answer["cam"]
     assert cam["class"] == answer["top"][0]["class"] and cam["size"] == [3, 3]  # the fast network's 3x3 maps
     with Image.open(io.BytesIO(base64.b64decode(cam["png"].removeprefix("data:image/png;base64,")))) as image:
@@ -198,6 +206,19 @@ def test_page_and_info(port, run):
                                                    "max_upload": MAX_UPLOAD, "max_pixels": 40_000_000})  # fmt: skip
 
 
+def test_the_class_map_only_when_asked(port, test_images, monkeypatch):
+    """The class map costs most of an answer's time (its 224x224 PNG): the JSON API leaves it out unless
+    asked (?cam=1, as the page asks), and the top-3 are the same either way."""
+    from nin.serve import app as serve
+
+    drawn = []
+    monkeypatch.setattr(serve, "overlay", lambda *args, draw=serve.overlay: drawn.append(1) or draw(*args))
+    plain = post_image(port, test_images[0][0])
+    assert plain[0] == 200 and list(plain[1]) == ["top"] and drawn == []
+    status, with_cam = post_image(port, test_images[0][0], "/predict?cam=1")
+    assert status == 200 and with_cam["top"] == plain[1]["top"] and with_cam["cam"]["size"] == [3, 3] and drawn
+
+
 def test_a_run_with_1x1_class_maps_gets_a_note_instead(test_images):
     """The seed's NiN at 67x67 (the quick preset's size) has 1x1 maps: nothing to show where."""
     from nin.serve.app import answer
@@ -212,7 +233,7 @@ def test_a_failure_of_the_server_is_json_too(port, test_images, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(serve, "overlay", lambda *args: 1 / 0)  # a bug, while the server runs
-        answer = post_image(port, test_images[0][0])
+        answer = post_image(port, test_images[0][0], "/predict?cam=1")
     assert answer == (500, {"error": "the server failed on this request (ZeroDivisionError); see its log"})
     assert_good_request(port, test_images)
 
@@ -420,3 +441,100 @@ def test_connections_beyond_the_limit_get_503(run, test_images, monkeypatch):
             sock.close()
         time.sleep(0.1)
         assert_good_request(port, test_images)
+
+
+def half_open(port: int, sent: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(sent)
+    return sock
+
+
+def test_100_half_open_connections_do_not_lock_others_out(run, test_images, monkeypatch):
+    """Connections that never finish their headers (or send nothing) do not hold the server: others are
+    answered at once, and the server closes them HEADER_TIMEOUT after they opened (64 of them made every
+    request 503, and uvicorn kept them for ever)."""
+    from nin.serve import app as serve
+
+    monkeypatch.setattr(serve, "HEADER_TIMEOUT", 1.5)
+    with serving(run) as port:
+        began = time.monotonic()
+        held = [half_open(port, b"GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " if i % 2 else b"")
+                for i in range(100)]  # fmt: skip
+        time.sleep(0.2)  # all accepted
+        assert request(port, "GET", "/info")[0] == 200
+        assert_good_request(port, test_images)
+        assert time.monotonic() - began < 1.5  # while all 100 are held
+        for sock in held:  # each closed by the server (recv: b"" at its end), not by us
+            sock.settimeout(max(0.1, began + 10 - time.monotonic()))
+            assert sock.recv(100) == b""
+            sock.close()
+        assert time.monotonic() - began < 10
+
+
+def test_a_connection_that_trickles_its_headers_is_closed(run, monkeypatch):
+    """A byte every 0.2 s keeps uvicorn's keep-alive timer from running out; the header deadline holds."""
+    from nin.serve import app as serve
+
+    monkeypatch.setattr(serve, "HEADER_TIMEOUT", 1.0)
+    with serving(run) as port:
+        assert request(port, "GET", "/info")[0] == 200
+        sock = half_open(port, b"GET /info HTTP/1.1\r\n")
+        began = time.monotonic()
+        with pytest.raises(OSError):  # the server's close: a reset or a broken pipe
+            while time.monotonic() - began < 5:
+                sock.sendall(b"X")
+                time.sleep(0.2)
+        assert 0.9 < time.monotonic() - began < 3
+        sock.close()
+
+
+def test_an_answer_over_the_decode_time_gets_503_and_keeps_its_slot(run, test_images, monkeypatch):
+    """Past DECODE_TIMEOUT the client gets 503 at once; its slot stays taken until the thread ends (memory
+    stays bounded), then the server answers again."""
+    from nin.serve import app as serve
+
+    answer, release = serve.answer, threading.Event()
+    monkeypatch.setattr(serve, "WORKERS", 1)
+    monkeypatch.setattr(serve, "QUEUE_WAIT", 0.2)
+    monkeypatch.setattr(serve, "DECODE_TIMEOUT", 0.5)
+    monkeypatch.setattr(serve, "answer", lambda *args: release.wait(10) and answer(*args))
+    with serving(run) as port:
+        began = time.monotonic()
+        assert post_image(port, test_images[0][0]) == (503, {"error": "the image took over 0.5 s to decode and "
+                                                                      "classify; send a smaller image"})  # fmt: skip
+        assert time.monotonic() - began < 3
+        assert post_image(port, test_images[0][0])[0] == 503  # the slot: still its thread's
+        release.set()
+        time.sleep(0.1)
+        assert_good_request(port, test_images)
+
+
+def test_answers_go_out_at_once(run):
+    """The server's connections have TCP_NODELAY: without it, each answer on a kept-alive connection waited
+    for the client's delayed ACK (40 ms on Linux), and the server answered 93 requests/s at most."""
+    with served(run) as (port, uvicorn_server):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/info")
+        conn.getresponse().read()
+        (connection,) = uvicorn_server.server_state.connections
+        accepted = connection.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        conn.close()
+
+
+def test_the_server_runs_each_forward_pass_on_one_thread(run, monkeypatch):
+    """Concurrency comes from the upload slots; a pass split over threads waits for each to be scheduled."""
+    import torch
+
+    from nin.serve import app as serve
+
+    seen = []
+    monkeypatch.setattr(serve, "server", lambda *args: types.SimpleNamespace(run=lambda sockets: seen.append(
+        torch.get_num_threads())))  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        serve.serve_forever(run, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]
