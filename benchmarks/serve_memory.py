@@ -9,7 +9,8 @@ measured), sends one upload to warm it up, then `--rounds` times `--clients` upl
 behind a barrier), each a PNG of random RGB noise of about `--megabytes` MB (noise does not compress: the
 body is that large), or with `--megapixels` a gradient of that many pixels (a small body that decodes to a
 large image). It prints the server's resident memory (VmRSS) when idle and its peak (VmHWM, from
-/proc/PID/status) after the warm-up and after each round, the answers' HTTP statuses and the wall time.
+/proc/PID/status: Linux only) after the warm-up and after each round, the answers' HTTP statuses and the wall
+time.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import EpsImagePlugin, Image, ImageFile
+from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
 
 from nin.cli import main
 from nin.data.images import BACKGROUND, MAX_PIXELS, decode, open_image, to_8bit
@@ -165,3 +165,18 @@ def test_every_decoder_error_is_one_nin_error_naming_the_file(tmp_path):
             upload.name = "the uploaded file"
             decode(upload, 1, 28)
         assert str(e.value).startswith("the uploaded file: "), case
+
+
+def test_a_wrong_call_in_the_decoder_surfaces_as_itself(tmp_path, monkeypatch):
+    """Only what damaged files make Pillow raise becomes "cannot read it as an image": a TypeError from a wrong
+    call (exif_transpose(in_place=...) on a Pillow without it) is a bug, and is not dressed as a damaged file."""
+    path = tmp_path / "good.png"
+    Image.new("L", (4, 4)).save(path)
+    assert decode(path, None, 4).shape == (1, 4, 4)
+
+    def old_pillow(img, **kwargs):
+        raise TypeError("exif_transpose() got an unexpected keyword argument 'in_place'")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", old_pillow)
+    with pytest.raises(TypeError, match="in_place"):
+        decode(path, None, 4)

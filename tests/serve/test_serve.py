@@ -22,11 +22,12 @@ import pytest
 from PIL import Image
 
 import nin
+from helpers import require, unavailable
 from nin.cli import get_args_parser, main
 from nin.data.types import Spec
 from nin.serve.app import EXTRA, MAX_UPLOAD, PAGE
 
-pytest.importorskip("uvicorn", reason="the serve extra (make installs it)")
+require("uvicorn")
 
 CLIENTS = 50
 
@@ -244,9 +245,7 @@ def browser_paths() -> tuple[str, str]:
         chromium = None
     if not (chromium and driver):
         missing = "chromium, chromedriver or selenium is missing (make test installs them, as root)"
-        if os.environ.get("NIN_REQUIRE_BROWSER"):
-            pytest.fail(f"NIN_REQUIRE_BROWSER is set but {missing}")
-        pytest.skip(missing)
+        unavailable(missing, "NIN_REQUIRE_BROWSER")
     return chromium, driver
 
 

@@ -136,9 +136,12 @@ class _Decode(torch.utils.data.Dataset):
         return len(self.files)
 
 
-def default_workers() -> int:
-    """The cores this process may use (os.cpu_count() is the host's count in a container)."""
-    return len(os.sched_getaffinity(0))
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity where the OS has one (Linux; os.cpu_count() is the
+    host's count in a container), else the CPU count (macOS, Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class StreamBatches(Batches):
@@ -177,5 +180,5 @@ def batches_of(data: Dataset | Files, batch_size: int, size: int, device: torch.
     """Batches of a split in memory (`Batches`, shuffled when training) or streamed (`StreamBatches`)."""
     if isinstance(data, Files):
         return StreamBatches(data, batch_size, device, train, seed, rank, world_size,
-                             workers or default_workers(), skip_bad)  # fmt: skip
+                             workers or usable_cores(), skip_bad)  # fmt: skip
     return Batches(data.images, data.labels, batch_size, size, device, train, seed, rank, world_size)
