@@ -39,9 +39,8 @@ test-quick: $(VENV)/installed
 # own, through the quick tier; torch is $(TORCH), the one CPU build this machine has (docs/design.md#floors)
 OLDEST := .venv-oldest
 test-oldest:
-	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
-	$(if $(TORCH),$(OLDEST)/bin/python -m pip install -q "$(TORCH)")
-	$(OLDEST)/bin/python -m pip install -q -c requirements-oldest.txt -e ".[dev,notebook]"
+	rm -rf $(OLDEST) && $(PYTHON) -m venv $(OLDEST)  # afresh: what pip resolves beside the floors is today's
+	$(OLDEST)/bin/python -m pip install -q -c requirements-oldest.txt $(if $(TORCH),"$(TORCH)") -e ".[dev,notebook]"
 	$(OLDEST)/bin/python -m pip check
 	$(OLDEST)/bin/python -m pytest -m "not slow" -p no:cacheprovider
 

@@ -24,10 +24,11 @@ from nin.training.description import describe
 FORMAT = "nin-checkpoint-v2"  # v2: exact-resume position, per-rank RNG states, SHA-256
 # What torch.load(weights_only=True) raises for a damaged or foreign file (tests/fuzz finds them): its zip reader's
 # RuntimeError, the weights-only unpickler's UnpicklingError, and what a malformed pickle makes the unpickler's
-# steps raise (EOFError, struct.error, ValueError, IndexError and KeyError, and TypeError and AttributeError where
-# it hands torch's rebuild functions arguments of the wrong kind). Any other exception is a bug and surfaces.
+# steps raise (EOFError, struct.error, ValueError, IndexError and KeyError; TypeError and AttributeError where it
+# hands torch's rebuild functions arguments of the wrong kind; AssertionError from torch's own checks of a
+# persistent id). Any other exception is a bug and surfaces.
 DAMAGED = (pickle.UnpicklingError, RuntimeError, OSError, EOFError, struct.error, ValueError, LookupError, TypeError,
-           AttributeError)  # fmt: skip
+           AttributeError, AssertionError)  # fmt: skip
 
 
 def save_checkpoint(
