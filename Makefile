@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test test-quick notebook system
+.PHONY: train test test-quick test-oldest notebook system
 
 $(VENV)/installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ system:
 # the quick tier for day-to-day work: no test that starts a process of its own
 test-quick: $(VENV)/installed
 	$(BIN)/python -m pytest -m "not slow"
+
+# the floors: nin with every dependency at its declared minimum (requirements-oldest.txt), in a virtualenv of its
+# own, through the quick tier; torch is $(TORCH), the one CPU build this machine has (docs/design.md#floors)
+OLDEST := .venv-oldest
+test-oldest:
+	rm -rf $(OLDEST) && $(PYTHON) -m venv $(OLDEST)  # afresh: what pip resolves beside the floors is today's
+	$(OLDEST)/bin/python -m pip install -q -c requirements-oldest.txt $(if $(TORCH),"$(TORCH)") -e ".[dev,notebook]"
+	$(OLDEST)/bin/python -m pip check
+	$(OLDEST)/bin/python -m pytest -m "not slow" -p no:cacheprovider
 
 # the seed chapter as a notebook (notebooks/nin.ipynb), opened in JupyterLab: installs the notebook extra first
 notebook: $(VENV)/installed

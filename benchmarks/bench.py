@@ -3,8 +3,8 @@
     python benchmarks/bench.py            # the seed recipe: 5 training batches of 256 at 224 + 2 test batches
     python benchmarks/bench.py --quick    # seconds: a tiny slice at 67x67, one repeat (used by the tests)
 
-Every repeat runs, in this order and each in a fresh process (so that peak RSS is its own): the
-matmul peak in fp32 and bf16, the reference loop, and our loop. Figures are min / median / max over
+Every repeat runs, in this order and each in a fresh process (so that peak RSS, from POSIX's resource module,
+is its own): the matmul peak in fp32 and bf16, the reference loop, and our loop. Figures are min / median / max over
 the repeats; the ratio is taken per repeat (side by side), then summarised.
 
 The reference loop is the seed's code path without torchvision: a per-sample Dataset that makes each

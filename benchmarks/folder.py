@@ -6,8 +6,8 @@ start-up time and peak memory of loading them, first (decoding every file) and c
 
 Each load runs in a fresh process (`nin.data.load("folder", DIR)`: both splits) with its own empty cache
 folder for the first load; the figures are that process's wall time and its peak resident memory
-(ru_maxrss). The folders are what `nin train --dataset folder --data-dir DIR --image-size 28` reads: the
-folder-vs-IDX check in docs/datasets.md trains on them.
+(ru_maxrss: POSIX's resource module, so Linux or macOS). The folders are what `nin train --dataset folder
+--data-dir DIR --image-size 28` reads: the folder-vs-IDX check in docs/datasets.md trains on them.
 """
 
 from __future__ import annotations

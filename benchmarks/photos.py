@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from nin.data.registry import load_split
+from nin.data.stream import usable_cores
 
 
 def photo(item: np.ndarray, seed: int, px: tuple[int, int] = (160, 320)) -> Image.Image:
@@ -57,7 +58,7 @@ def write_full(root: Path, n_train: int, n_val: int, px: tuple[int, int] = (160,
             path = root / split / cls / f"{i // 1000:03d}" / f"{i:06d}.JPEG"
             path.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((path, data.images[k, 0].numpy(), offset + i, px))
-    with Pool(len(os.sched_getaffinity(0))) as pool:
+    with Pool(usable_cores()) as pool:
         pool.map(_write, jobs, chunksize=256)
 
 

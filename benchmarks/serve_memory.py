@@ -11,7 +11,7 @@ measured), sends one upload to warm it up, then `--rounds` times `--clients` upl
 behind a barrier), each a PNG of random RGB noise of about `--megabytes` MB (noise does not compress: the body
 is that large), or with `--megapixels` a gradient of that many pixels (a small body that decodes to a large
 image), in `--mode` RGB, RGBA (with a varying alpha: composited) or I;16 (16-bit gray: scaled to 8 bits). It
-prints the server's resident memory (VmRSS) when idle and its peak (VmHWM, from /proc/PID/status) after the
+prints the server's resident memory (VmRSS) when idle and its peak (VmHWM, from /proc/PID/status: Linux only) after the
 warm-up and after each round, the answers' HTTP statuses and the wall time.
 """
 

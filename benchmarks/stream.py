@@ -13,7 +13,7 @@ RandomResizedCrop + flip, fp32) after 5 untimed ones; images/s is over the timed
 (the loader's workers decode while the network trains). Peak memory is sampled every 0.1 s over the process and
 all its children (the workers): PSS (shared pages split between the processes that share them: the job's real
 footprint) and RSS (shared pages counted in every process). torchvision is not a nin dependency: it runs in a
-venv of its own (docs/datasets.md says how), where nin is installed too.
+venv of its own (docs/datasets.md says how), where nin is installed too. Linux only: memory is read from /proc.
 """
 
 from __future__ import annotations
@@ -217,9 +217,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.folders[0], args.steps)
+    from nin.data.stream import usable_cores
     from nin.runtime import cpu_info
 
-    print(f"{cpu_info()['cpu']}, {len(os.sched_getaffinity(0))} cores; {sys.executable}")
+    print(f"{cpu_info()['cpu']}, {usable_cores()} cores; {sys.executable}")
     results = []
     if args.predict:
         results = predict(args.folders[0], args.predict)

@@ -1,5 +1,5 @@
 """What several test modules share: the short real-data run they train once (the `trained_run` fixture)
-and vary, and the checker of a self-contained HTML page."""
+and vary, the checker of a self-contained HTML page, and the guard of tests that need an optional extra."""
 
 import base64
 import importlib
@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 from html.parser import HTMLParser
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 from PIL import Image
@@ -17,6 +19,23 @@ from PIL import Image
 # no dropout) learned in each of seeds 0, 1 and 2 (test accuracy 0.30, 0.45, 0.40 after 2 epochs).
 SHORT = dict(resize=67, epochs=2, batch_size=64, lr=0.005, momentum=0.9, dropout=0.0, init="kaiming",
              train_limit=4096, test_limit=1000, device="cpu", precision="fp32")  # fmt: skip
+
+
+def unavailable(what: str, variable: str = "NIN_REQUIRE_EXTRAS") -> NoReturn:
+    """Skip the test (or the whole module) that needs `what`, which is missing; where the environment variable
+    `variable` is set (.ci/run sets it), fail it instead: CI runs every test or goes red."""
+    if os.environ.get(variable):
+        pytest.fail(f"{variable} is set but {what}", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def require(module: str) -> ModuleType:
+    """`module` of an optional extra (`make` installs them all), imported; where it is missing or fails to import,
+    the test is skipped, or failed under NIN_REQUIRE_EXTRAS (see `unavailable`)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        unavailable(f"{module} (an optional extra: pip install -e '.[dev]') cannot be imported: {e}")
 
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -60,14 +79,10 @@ def check_page(path) -> Checker:
 
 def require_system(*commands: str) -> list[str]:
     """The paths of `commands` (Debian programs that `make test` installs as root: see the Makefile's `system`);
-    a missing one skips the test, except where NIN_REQUIRE_SYSTEM is set (CI), where it fails it."""
+    a missing one skips the test, or fails it under NIN_REQUIRE_SYSTEM (see `unavailable`)."""
     paths = [shutil.which(command) for command in commands]
-    missing = [command for command, path in zip(commands, paths) if path is None]
-    if missing:
-        why = f"{', '.join(missing)} not found (make test installs it, as root)"
-        if os.environ.get("NIN_REQUIRE_SYSTEM"):
-            pytest.fail(f"NIN_REQUIRE_SYSTEM is set but {why}")
-        pytest.skip(why)
+    if missing := [command for command, path in zip(commands, paths) if path is None]:
+        unavailable(f"{', '.join(missing)} not found (make test installs it, as root)", "NIN_REQUIRE_SYSTEM")
     return paths
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import require
 from nin.cli import config_of, get_args_parser
 from nin.config import load_preset
 
@@ -83,7 +84,7 @@ def test_guard_benchmark_prints_both_loops_and_the_cost():
 
 
 def test_inference_benchmark_prints_both_engines_for_both_networks():
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     script = Path(__file__).parents[1] / "benchmarks" / "inference.py"
     result = subprocess.run([sys.executable, str(script), "--calls", "2", "--rounds", "1", "--batch", "4"],
                             capture_output=True, text=True, timeout=300)  # fmt: skip

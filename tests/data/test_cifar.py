@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import sys
 import tarfile
 import threading
 import time
@@ -82,6 +83,15 @@ def test_download_verifies_and_extracts(tmp_path, monkeypatch):
     train, test = data.load("cifar10", tmp_path / "cache")
     assert torch.equal(test.images, expected["test"][1]) and len(train) == 40
     assert (tmp_path / "cache" / "cifar-10-binary.tar.gz").read_bytes() == expected["blob"]
+
+
+def test_without_fcntl_windows_downloads_and_extracts_unlocked(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    expected = build_archive(mirror, "cifar10", monkeypatch=monkeypatch)
+    monkeypatch.setenv("NIN_DATA_MIRROR", mirror.as_uri())
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl now raises ImportError, as on Windows
+    assert torch.equal(load_split("cifar10", "test", tmp_path / "cache").images, expected["test"][1])
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["cifar-10-batches-bin", "cifar-10-binary.tar.gz"]
 
 
 def test_processes_at_once_download_once(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import EpsImagePlugin, Image, ImageFile
+from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
 
 from nin.cli import main
 from nin.data.images import BACKGROUND, MAX_PIXELS, open_image, to_8bit
@@ -40,7 +40,8 @@ def fake_ghostscript(tmp_path, monkeypatch) -> Path:
     (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch '{marker}'\nexit 1\n")
     (bin_dir / "gs").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow looks for gs afresh
+    # newer Pillows cache where gs is: made to look afresh (older ones, 10.0 included, look each time)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None, raising=False)
     return marker
 
 
@@ -194,3 +195,18 @@ def test_transparency_and_16_bit_decode_in_a_few_bytes_per_pixel(tmp_path, mode)
     out_mode, grown_kb = result.stdout.split()
     assert out_mode == ("L" if mode in ("LA", "I;16") else "RGB")
     assert int(grown_kb) * 1024 / side**2 < 12, f"{int(grown_kb) * 1024 / side**2:.1f} bytes per pixel"
+
+
+def test_a_wrong_call_in_the_decoder_surfaces_as_itself(tmp_path, monkeypatch):
+    """Only what damaged files make Pillow raise becomes "cannot read it as an image": a TypeError from a wrong
+    call (exif_transpose(in_place=...) on a Pillow without it) is a bug, and is not dressed as a damaged file."""
+    path = tmp_path / "good.png"
+    Image.new("L", (4, 4)).save(path)
+    assert prepare(path, None, 4).shape == (1, 4, 4)
+
+    def old_pillow(img, **kwargs):
+        raise TypeError("exif_transpose() got an unexpected keyword argument 'in_place'")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", old_pillow)
+    with pytest.raises(TypeError, match="in_place"):
+        prepare(path, None, 4)

@@ -20,7 +20,7 @@ from nin.data import folder as folder_module
 from nin.data.images import open_image
 from nin.data.preprocess import center_box, prepare, to_inputs
 from nin.data.registry import load_split, shape_of
-from nin.data.stream import RATIO, SCALE, StreamBatches, _Decode, crop_box, train_draft, transform
+from nin.data.stream import RATIO, SCALE, StreamBatches, _Decode, crop_box, train_draft, transform, usable_cores
 from nin.data.subsets import splits
 from nin.errors import NinError
 
@@ -73,6 +73,18 @@ def test_decoding_threads_are_the_cores_this_process_may_use(tmp_path, monkeypat
     monkeypatch.setattr(folder_module, "ThreadPoolExecutor", lambda n: used.append(n) or real(n))
     load_split("folder", "train", root, image_size=8)
     assert used == [1]
+
+
+def test_folders_load_where_the_os_has_no_affinity(tmp_path, monkeypatch):
+    """macOS and Windows have no os.sched_getaffinity: the CPU count decides the threads and the workers."""
+    root = photos(tmp_path)
+    monkeypatch.delattr(folder_module.os, "sched_getaffinity")
+    monkeypatch.setattr(folder_module.os, "cpu_count", lambda: 3)
+    used = []
+    real = folder_module.ThreadPoolExecutor
+    monkeypatch.setattr(folder_module, "ThreadPoolExecutor", lambda n: used.append(n) or real(n))
+    assert len(load_split("folder", "train", root, image_size=8)) == 12 and used == [3]
+    assert usable_cores() == 3
 
 
 def test_crop_boxes_follow_random_resized_crop_and_the_centre_crop():

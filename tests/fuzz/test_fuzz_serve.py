@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nin
+from helpers import require
 
-pytest.importorskip("starlette", reason="the serve extra (make installs it)")
+require("starlette")
 
 
 @pytest.fixture(scope="module")

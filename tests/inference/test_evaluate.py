@@ -96,6 +96,20 @@ def test_unreadable_images_give_one_clear_error(trained_run, tmp_path):
         load(trained_run).predict([tmp_path / "missing.png"])
 
 
+def test_an_error_no_damaged_file_raises_surfaces_as_itself(tmp_path, monkeypatch):
+    """Only what torch.load raises for damaged or foreign bytes becomes "not a readable nin checkpoint": another
+    exception (an ImportError, as a broken install gives) is not the file's fault, and surfaces as itself."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save({}, path)
+
+    def broken(*args, **kwargs):
+        raise ImportError("a broken install")
+
+    monkeypatch.setattr(torch, "load", broken)
+    with pytest.raises(ImportError, match="a broken install"):
+        load(path)
+
+
 def test_checkpoints_that_are_not_ours(trained_run, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import nin
-from helpers import require_system
+from helpers import require, require_system
 from nin.cli import main
 from nin.data.preprocess import to_inputs
 from nin.data.registry import load_fashion_mnist
@@ -78,7 +78,7 @@ def test_what_is_not_a_known_network_gets_one_clear_error(trained_run, tmp_path)
 def test_onnx_export_matches_pytorch_on_1000_real_test_images(trained_run, tmp_path, capsys):
     """The exported ONNX model through onnxruntime: the logits of 1,000 real test images within 1e-4 of
     PyTorch's, the same predictions, any batch size, and the run's facts in the metadata."""
-    onnx = pytest.importorskip("onnx")  # the export extra, which `make` installs
+    onnx = require("onnx")
     from nin.inference.export import OnnxModel
 
     run = tmp_path / "run"
@@ -108,7 +108,7 @@ def test_onnx_without_the_export_extra_is_one_clear_error(trained_run, tmp_path,
 
 
 def test_predict_with_an_onnx_model_gives_pytorchs_answer(trained_run, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     png = tmp_path / "boot.png"
     Image.fromarray(load_fashion_mnist("test")[0][0].numpy()).save(png)
     onnx_file = nin.load(trained_run).export(tmp_path / "m.onnx", format="onnx")
@@ -123,7 +123,7 @@ def test_predict_with_an_onnx_model_gives_pytorchs_answer(trained_run, tmp_path,
 
 
 def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_graph(tmp_path):
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     from nin.config import Config
     from nin.data.types import Spec
     from nin.inference.export import OnnxModel, to_onnx
@@ -145,7 +145,7 @@ def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_g
 def test_int8_export_of_a_tiny_network_predicts_as_fp32_does(tmp_path, monkeypatch, capsys):
     """Static int8 quantization (a few calibration images here): quantized operators in the graph, the same
     description in the metadata, the fp32 model's predictions on most test images, and nin predict runs it."""
-    onnx = pytest.importorskip("onnx")
+    onnx = require("onnx")
     from nin.inference import export
     from nin.inference.export import OnnxModel
 
@@ -174,7 +174,7 @@ def test_int8_export_of_a_tiny_network_predicts_as_fp32_does(tmp_path, monkeypat
 @pytest.mark.slow  # two exports and the full test set: seconds each
 @pytest.mark.parametrize("name", ["fast", "mnist-fast"])
 def test_int8_shipped_weights_stay_within_half_a_point_of_fp32_on_the_full_test_set(name, tmp_path):
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     from nin.data.registry import load_split
     from nin.inference.evaluate import logits
     from nin.inference.export import OnnxModel

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import nin
+from helpers import require
 from nin.cli import main
 from nin.data.registry import load_split
 from nin.inference import shipped
@@ -104,7 +105,7 @@ def test_export_and_predict_a_digit_from_the_command_line(tmp_path, monkeypatch,
 def test_loading_a_model_directory_never_touches_the_network(tmp_path, offline):
     folder = nin.load_weights("fast").export(tmp_path / "fast", format="safetensors")
     run = nin.from_pretrained(str(folder))
-    hub = pytest.importorskip("huggingface_hub")
+    hub = require("huggingface_hub")
     assert isinstance(run.model, hub.PyTorchModelHubMixin) and isinstance(run.model, nin.NiN)
     model = type(run.model).from_pretrained(folder)
     assert model.classes == run.classes and model.input_size == (1, 28, 28) and not model.training
@@ -112,7 +113,7 @@ def test_loading_a_model_directory_never_touches_the_network(tmp_path, offline):
 
 
 def test_save_pretrained_and_from_pretrained_round_trip(normalizing_run, tmp_path, offline):
-    pytest.importorskip("huggingface_hub")
+    require("huggingface_hub")
     run = nin.from_pretrained(normalizing_run.export(tmp_path / "d", format="safetensors"))
     run.model.save_pretrained(tmp_path / "saved")
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["README.md", "config.json", "model.safetensors"]

@@ -22,12 +22,12 @@ import pytest
 from PIL import Image
 
 import nin
-from helpers import require_system
+from helpers import require, require_system
 from nin.cli import get_args_parser, main
 from nin.data.types import Spec
 from nin.serve.app import EXTRA, MAX_UPLOAD, PAGE
 
-pytest.importorskip("uvicorn", reason="the serve extra (make installs it)")
+require("uvicorn")
 
 CLIENTS = 50
 
@@ -258,8 +258,7 @@ def test_port_in_use_gets_one_message(port, capsys):
 def browser_paths() -> tuple[str, str]:
     """Debian's chromium and chromedriver (make installs them as root) and selenium (the dev extra)."""
     chromium, driver = require_system("chromium", "chromedriver")
-    import selenium  # noqa: F401  (the dev extra: an ImportError here is a broken install, not a skip)
-
+    require("selenium")
     return chromium, driver
 
 

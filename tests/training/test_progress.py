@@ -9,7 +9,7 @@ import pytest
 import tqdm
 import tqdm.notebook
 
-from helpers import SHORT
+from helpers import SHORT, require
 from nin.config import Config
 from nin.training import progress
 from nin.training.loop import train
@@ -58,8 +58,8 @@ def test_ipythons_terminal_shell_is_not_a_notebook(monkeypatch):
     assert not progress.in_notebook()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ipywidgets") is None, reason="the notebook bar needs ipywidgets")
 def test_training_in_a_notebook_shows_a_notebook_bar_and_redraws_the_curves_in_place(notebook, tmp_path):
+    require("ipywidgets")  # the notebook bar's
     config = Config(**{**SHORT, "epochs": 3, "train_limit": 64, "test_limit": 64})
     train(config, tmp_path)
     assert [bar["desc"] for bar in notebook.bars] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]

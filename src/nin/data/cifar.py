@@ -170,9 +170,11 @@ def _one_at_a_time(path: Path, waiting: str) -> Iterator[None]:
 
 def _lock(fd: int, waiting: str) -> bool:
     """Lock the open file `fd` (flock, exclusive), waiting while another process holds it; False where the
-    file system has no locks."""
-    import fcntl  # POSIX
-
+    file system or the OS (Windows: no fcntl) has no such locks."""
+    try:
+        import fcntl  # POSIX
+    except ImportError:
+        return False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

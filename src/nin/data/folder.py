@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from nin.data.download import cache_dir
-from nin.data.images import FORMATS, GRAYSCALE, SUFFIXES
+from nin.data.images import DAMAGED, FORMATS, GRAYSCALE, SUFFIXES
 from nin.data.preprocess import prepare
-from nin.data.stream import Files, stream_files
+from nin.data.stream import Files, stream_files, usable_cores
 from nin.data.types import Dataset
 from nin.errors import NinError
 from nin.io import atomic_torch_save
@@ -56,8 +56,7 @@ def load_folder(root: Path, split: str, size: int, skip_bad: bool = False) -> Da
         except Exception:  # a damaged cache file is only a cache: decode again
             pass
     print(f"decoding {len(files):,} images of {root / split} at {size}x{size} (once: then cached in {cache.parent})")
-    # the cores this process may use (os.cpu_count() is the host's in a container); Pillow releases the GIL
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:  # Pillow releases the GIL while it decodes
         decoded = list(pool.map(lambda f: _decode(f[0], size, skip_bad), files))
     kept = [(img, label) for img, (_, label) in zip(decoded, files) if img is not None]
     if skipped := len(files) - len(kept):
@@ -127,7 +126,7 @@ def channels_of(root: Path) -> int:
                 with Image.open(f, formats=FORMATS) as img:
                     if img.mode not in GRAYSCALE:
                         return 3
-            except Exception:  # noqa: BLE001 - any damaged file, as in images.open_image
+            except DAMAGED:  # a damaged file, as images.open_image knows them
                 continue
     return 1
 

@@ -5,6 +5,8 @@ What becomes of it then (channels, crop, size) is nin/data/preprocess.py's."""
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +23,10 @@ FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # the files of those formats, in any case (.JPEG too)
 BACKGROUND = 0  # transparent pixels are laid over black: the background of Fashion-MNIST and MNIST images
 SUPPORTED = "PNG, JPEG, BMP or WebP"
+# What Pillow raises for a damaged file (its decoders' OSError, its parsers' ValueError, EOFError and SyntaxError,
+# and struct's and zlib's errors from inside them): tests/fuzz finds them. Any other exception is a bug, not the
+# file's fault, and surfaces as one.
+DAMAGED = (OSError, ValueError, EOFError, SyntaxError, struct.error, zlib.error)
 
 
 def open_image(source: Path | BinaryIO, draft: int | None = None) -> Image.Image:
@@ -49,9 +55,7 @@ def open_image(source: Path | BinaryIO, draft: int | None = None) -> Image.Image
         raise NinError(f"{name}: no such image file") from None
     except UnidentifiedImageError:  # its message names the file object, not the file
         raise NinError(f"{name}: not a supported image format; nin reads {SUPPORTED} files") from None
-    except NinError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise all kinds of errors
+    except DAMAGED as e:
         raise NinError(f"{name}: cannot read it as an image ({type(e).__name__}: {str(e)[:200]}); use an "
                        f"undamaged {SUPPORTED} file") from None  # fmt: skip
 

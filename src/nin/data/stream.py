@@ -150,10 +150,18 @@ class _Decode(torch.utils.data.Dataset):
         return len(self.files)
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity where the OS has one (Linux; os.cpu_count() is the
+    host's count in a container), else the CPU count (macOS, Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    """The cores this process may use (os.cpu_count() is the host's count in a container), shared among the
-    ranks torchrun started on this machine (LOCAL_WORLD_SIZE): each rank starts its own workers."""
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    """The usable cores, shared among the ranks torchrun started on this machine (LOCAL_WORLD_SIZE): each rank
+    starts its own workers."""
+    return max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 class StreamBatches(Batches):
