@@ -126,8 +126,8 @@ def test_photo_folders_and_the_streaming_benchmark_nin_half(tmp_path):
 
 
 def test_serve_load_benchmark_prints_a_row_per_client_count_beside_the_ceiling(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("uvicorn")
+    require("onnxruntime")
+    require("uvicorn")
     script = Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
     out = tmp_path / "load.json"
     result = subprocess.run([sys.executable, str(script), "--clients", "1", "3", "--seconds", "1", "--images", "20",

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
+from helpers import require
 from nin.cli import main
 from nin.inference.benchmark import machine, native_bf16, render
 
 
 @pytest.mark.slow  # exports the model to ONNX twice (the dynamo exporter: seconds each)
 def test_every_form_is_measured_the_fp32_forms_agree_and_the_table_names_the_fastest(tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     png = tmp_path / "forms.png"
     args = ["--weights", "mnist-fast", "--repeats", "3", "--rounds", "2", "--test-limit", "300"]
     assert main(["benchmark", *args, "--json", "--plot", str(png)]) == 0

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import require
 from nin.cli import main
 from nin.config import load_preset
 from nin.training.space import default_space, read_space, to_toml
 
-optuna = pytest.importorskip("optuna")
+optuna = require("optuna")
 
 TINY = ["--preset", "fast", "--width", "4", "--train-limit", "128", "--val-split", "128", "--test-limit", "64",
         "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--precision", "fp32"]  # fmt: skip

@@ -78,8 +78,9 @@ class Preprocess:
         files = [images] if isinstance(images, (str, os.PathLike)) else list(images)
         if not files:
             raise NinError(f"no images given; pass image files ({SUPPORTED}) or a uint8 tensor of images")
+        names = [str(f) if isinstance(f, (str, os.PathLike)) else str(getattr(f, "name", "an image")) for f in files]
         files = [Path(f) if isinstance(f, (str, os.PathLike)) else f for f in files]
-        return torch.stack([self.load(f) for f in files]), [str(getattr(f, "name", f)) for f in files]
+        return torch.stack([self.load(f) for f in files]), names
 
     def to_dict(self) -> dict:
         """The description as config.json and ONNX metadata hold it (torchvision's and timm's names)."""

@@ -76,7 +76,9 @@ def splits(config: Config, data_dir: str | Path | None = None) -> tuple[Any, Any
 def load_part(config: Config, part: str, data_dir: str | Path | None, stream: bool) -> Any:
     """The `part` ('train' or 'test') of `config`'s dataset: in memory, or `stream`ed (a `Files`)."""
     if stream:
-        return stream_folder(Path(data_dir), part, config.resize)  # type: ignore[arg-type]
+        if data_dir is None:  # a streamed run's model directory, say: it never names a folder of its own
+            raise NinError("this run streamed an image folder; say where it is with --data-dir DIR")
+        return stream_folder(Path(data_dir), part, config.resize)
     return load_split(config.dataset, part, data_dir, config.image_size, config.skip_bad_images)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from nin.data.subsets import test_set
+from nin.data.subsets import few, test_set
 from nin.errors import NinError
 from nin.inference.evaluate import check_test_limit, logits
 from nin.inference.export import OnnxModel, to_onnx
@@ -102,7 +102,7 @@ def benchmark(run: Run, data_dir: str | Path | None = None, repeats: int = 200, 
         if n < 1:
             raise NinError(f"{flag} {n}: give 1 or more")
     data = test_set(run.config, run.spec, Path(data_dir) if data_dir else None)
-    data = data[:test_limit] if test_limit else data
+    data = few(data, test_limit)  # every class in proportion, as evaluate draws; a streamed run's decoded here
     size = run.config.resize
     one, many = data.images[:1], data.images[:BATCH]
     with tempfile.TemporaryDirectory() as tmp:
