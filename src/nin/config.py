@@ -98,8 +98,8 @@ class Config:
         "fp32", "fp32 (the seed's), bf16 (autocast), or auto: bf16 where the device computes it natively", PRECISIONS
     )
     checkpoint_every: int = _field(0, "also write a checkpoint every N steps (default 0: after each epoch only)")
-    train_limit: int = _field(0, "train on the first N training images only (0: all)")
-    test_limit: int = _field(0, "evaluate on the first N test images only (0: all)")
+    train_limit: int = _field(0, "train on N training images only, drawn from every class in proportion (0: all)")
+    test_limit: int = _field(0, "test on N test images only, drawn from every class in proportion (0: all)")
     val_split: int = _field(0, "hold out N training images (the same images for every seed) as a validation set")
     sync_bn: bool = _field(
         False, "nin-bn under torchrun: BatchNorm statistics over the whole global batch (SyncBatchNorm)"

@@ -87,7 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--plot", type=Path, help="confusion matrix PNG (default: confusion_matrix.png beside the checkpoint)"
     )
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
-    p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
+    p.add_argument(
+        "--test-limit", type=int, default=0, help="evaluate on N test images only, drawn from every class in proportion"
+    )
     p.add_argument(
         "--tta", action="store_true", help="flip test-time augmentation: average over each image and its mirror"
     )
@@ -103,7 +105,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_model(p)
     add_resize(p)
     p.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
-    p.add_argument("--test-samples", type=int, default=0, metavar="N", help="the first N test images instead")
+    p.add_argument(
+        "--test-samples", type=int, default=0, metavar="N", help="N test images instead, drawn from every class"
+    )
     p.add_argument("--out", type=Path, help="the PNG (default: cam.png beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_data_dir(p)
@@ -126,7 +130,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_resize(p)
     p.add_argument("--out", type=Path, help="the HTML file (default: report.html in the run directory)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default: auto")
-    p.add_argument("--test-limit", type=int, default=0, help="evaluate on the first N test images only")
+    p.add_argument(
+        "--test-limit", type=int, default=0, help="evaluate on N test images only, drawn from every class in proportion"
+    )
     add_data_dir(p)
 
     p = commands.add_parser("export", help="the trained network as a plain state_dict (the seed's), a safetensors "

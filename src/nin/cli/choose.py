@@ -44,7 +44,9 @@ def add_choose(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, metavar="FILE", help="also draw latency and throughput to a PNG")
     p.add_argument("--repeats", type=int, default=200, help="batch-1 calls per form (default 200)")
     p.add_argument("--rounds", type=int, default=20, help="timed batches of 256 per form (default 20)")
-    p.add_argument("--test-limit", type=int, default=0, help="accuracy on the first N test images only")
+    p.add_argument(
+        "--test-limit", type=int, default=0, help="accuracy on N test images only, drawn from every class in proportion"
+    )
     add_data_dir(p)
     add_resize(p)
 
