@@ -34,6 +34,7 @@ import torch
 
 from nin.config import Config, from_dict
 from nin.data.folder import decoded_bytes
+from nin.data.stream import usable_cores
 from nin.errors import NinError
 from nin.io import atomic_write_text
 from nin.plots import plot_tune
@@ -242,10 +243,6 @@ def _worker(study: Study, worker: int, threads: int) -> None:
     except (Exception, KeyboardInterrupt) as e:  # Stopped, or Ctrl-C: the signal reached every process
         print(f"nin: tune process {worker}: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def tune(study: Study, jobs: int = 1) -> Any:
