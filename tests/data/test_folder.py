@@ -100,6 +100,7 @@ def test_unreadable_images_can_be_skipped_and_counted(images, capsys):
     assert len(data) == 200 and "skipped 1 unreadable image(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_train_only_tests_on_the_held_out_split(images, tmp_path):
     for f in (images / "test").rglob("*.png"):
         f.unlink()

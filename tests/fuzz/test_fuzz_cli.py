@@ -76,6 +76,7 @@ def files_of(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 @examples(20)  # about 0.5 s each: the commands load weights and draw plots
 @given(st.data())
 def test_command_lines(tmp_path_factory, monkeypatch, training_stops, data):

@@ -19,6 +19,7 @@ from nin.training.step import evaluate_accuracy
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "v0.1.0" / "run"
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
     run = load(trained_run)
     result = run.evaluate(device="cpu", test_limit=1000, plot=tmp_path / "cm.png")
@@ -40,6 +41,7 @@ def test_evaluate_agrees_with_the_in_memory_path(trained_run, tmp_path):
         assert img.format == "PNG"
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror(trained_run, tmp_path):
     run = load(trained_run)
     net, config = run.model, run.config

@@ -107,6 +107,7 @@ def test_onnx_without_the_export_extra_is_one_clear_error(trained_run, tmp_path,
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_predict_with_an_onnx_model_gives_pytorchs_answer(trained_run, tmp_path, capsys):
     require("onnxruntime")
     png = tmp_path / "boot.png"
@@ -122,6 +123,7 @@ def test_predict_with_an_onnx_model_gives_pytorchs_answer(trained_run, tmp_path,
     assert "bad.onnx: not an ONNX model written by nin export" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_a_colour_normalising_network_exports_with_its_mean_and_std_inside_the_graph(tmp_path):
     require("onnxruntime")
     from nin.config import Config

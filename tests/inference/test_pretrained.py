@@ -89,6 +89,7 @@ def test_a_normalizing_mnist_run_round_trips(normalizing_run, tmp_path):
     assert checkpoint["data"] == describe(run.config, run.spec, run.model.state_dict())  # one description
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_export_and_predict_a_digit_from_the_command_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     test = load_split("mnist", "test")

@@ -118,6 +118,7 @@ def test_nin_weights_lists_the_cards(fast, capsys):
     assert json.loads(capsys.readouterr().out) == [fast.card]
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_every_command_takes_weights_and_writes_into_the_current_directory(fast, in_tmp, capsys):
     package = sorted(p.name for p in shipped.WEIGHTS_DIR.parent.rglob("*"))
     images, _ = nin.load_fashion_mnist("test")
@@ -152,6 +153,7 @@ def test_bad_weights_arguments(args, fragment, capsys):
     assert fragment in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_ship_weights_writes_a_card_that_loads(tmp_path, monkeypatch, capsys):
     """benchmarks/ship_weights.py on a tiny real run: the directory, and the card measured from its weights."""
     spec = importlib.util.spec_from_file_location("ship_weights", BENCHMARKS / "ship_weights.py")

@@ -448,6 +448,7 @@ def half_open(port: int, sent: bytes) -> socket.socket:
     return sock
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_100_half_open_connections_do_not_lock_others_out(run, test_images, monkeypatch):
     """Connections that never finish their headers (or send nothing) do not hold the server: others are
     answered at once, and the server closes them HEADER_TIMEOUT after they opened (64 of them made every
@@ -470,6 +471,7 @@ def test_100_half_open_connections_do_not_lock_others_out(run, test_images, monk
         assert time.monotonic() - began < 10
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_a_connection_that_trickles_its_headers_is_closed(run, monkeypatch):
     """A byte every 0.2 s keeps uvicorn's keep-alive timer from running out; the header deadline holds."""
     from nin.serve import app as serve

@@ -122,6 +122,7 @@ def test_run_record_has_a_session_per_process_that_worked_on_the_run(tmp_path, m
         assert first["nin_commit"].rstrip("+") == head.stdout.strip()
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 @pytest.mark.parametrize("precision, expected", [(None, "fp32"), ("auto", "bf16")])
 def test_d2l_preset_trains_in_fp32_even_where_bf16_is_native(tmp_path, monkeypatch, precision, expected):
     """The seed's numerics on every device: even a CPU with native bf16 runs --preset d2l in fp32, and

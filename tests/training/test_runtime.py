@@ -39,6 +39,7 @@ def test_auto_picks_bf16_only_where_native_and_warns_where_emulated(monkeypatch,
     assert ("emulated and slow" in capsys.readouterr().err) == (not native)
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_bf16_channels_last_agrees_with_fp32_nchw_on_real_images(trained_run):
     """The trained network on 500 real test images: fp32 NCHW (the seed's path) vs bf16 autocast with
     channels_last (ours where bf16 is native). bf16 keeps 8 bits of mantissa (relative error ~0.4% per
@@ -57,6 +58,7 @@ def test_bf16_channels_last_agrees_with_fp32_nchw_on_real_images(trained_run):
     assert (fast.argmax(1) == reference.argmax(1)).float().mean() >= 0.98
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_training_in_bf16_runs_and_says_so(tmp_path, capsys):
     config = Config(**{**SHORT, "precision": "bf16", "epochs": 1, "batch_size": 32, "train_limit": 64,
                        "test_limit": 64})  # fmt: skip

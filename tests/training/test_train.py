@@ -99,6 +99,7 @@ def test_a_signal_at_an_epochs_end_stops_after_its_checkpoint(tmp_path, monkeypa
     assert strip(history) == strip(reference)
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """A loss that turns NaN in epoch 2 stops training; epoch 1's checkpoint stays as it was."""
     real, calls = step_module.F.cross_entropy, []
@@ -197,6 +198,7 @@ def test_a_loss_explosion_stops_the_run_before_it_turns_nan(tmp_path, monkeypatc
         train(config, tmp_path)
 
 
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
 def test_auto_resume_starts_continues_completes_and_refuses(tmp_path, monkeypatch, capsys):
     """--auto-resume (what torchrun's restarts need): nothing there -> start; an unfinished run with these
     settings -> continue exactly; other settings -> one clear error; a finished run -> a success that says

@@ -171,3 +171,25 @@ def test_importances_from_10_complete_trials_on_and_the_picture_draws_them(tmp_p
     plot_tune(history + [{"trial": 12, "state": "pruned", "val_acc": None, "last_val_acc": 0.1}], found,
               tmp_path / "tune.png", "study")  # fmt: skip
     assert (tmp_path / "tune.png").stat().st_size > 0
+
+
+def test_two_processes_creating_one_new_database_both_open_it(tmp_path, monkeypatch):
+    """Two `nin tune` processes starting on a new SQLite file race to create its tables; the loser's "table
+    trials already exists" must not end it (seen in CI). Any other failure to open still is one clear error."""
+    from nin.training import tune
+
+    calls = []
+
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("(sqlite3.OperationalError) table trials already exists")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    study = tune.Study(tmp_path, tune.default_storage(tmp_path), "s", load_preset("fast"), {}, trials=1)
+    assert tune.load(study).study_name == "s" and len(calls) == 2
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(tune.NinError, match="cannot open it \\(no\\)"):
+        tune.load(study)

@@ -24,6 +24,7 @@ import os
 import random
 import socket
 import sys
+import time
 import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -84,15 +85,20 @@ def load(study: Study, worker: int = 0) -> Any:
     """The Optuna study (created on first use); a study with other settings or space is an error."""
     optuna = optuna_module()
     sqlite = study.storage.startswith("sqlite")
-    try:
-        with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna's words, and has been for years
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                study.storage, heartbeat_interval=HEARTBEAT, grace_period=5 * HEARTBEAT,
-                engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},  # processes take turns writing
-            )  # fmt: skip
-    except Exception as e:  # SQLAlchemy's errors for a bad URL or an unreachable database have no common base
-        raise NinError(f"--storage {study.storage}: cannot open it ({str(e).splitlines()[0][:200]})") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna's words, and has been for years
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    study.storage, heartbeat_interval=HEARTBEAT, grace_period=5 * HEARTBEAT,
+                    engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},  # processes take turns writing
+                )  # fmt: skip
+            break
+        except Exception as e:  # SQLAlchemy's errors for a bad URL or an unreachable database have no common base
+            if "already exists" in str(e) and attempt < 2:  # two processes created a new database's tables at once
+                time.sleep(0.5)
+                continue
+            raise NinError(f"--storage {study.storage}: cannot open it ({str(e).splitlines()[0][:200]})") from None
     epochs = study.space.get("epochs")  # Hyperband's resource: epochs, up to the most a trial may draw
     most = max([study.base.epochs, *(epochs.choices or (epochs.high,))]) if epochs else study.base.epochs
     pruner = {"median": optuna.pruners.MedianPruner(), "none": optuna.pruners.NopPruner(),
