@@ -36,7 +36,7 @@ system:
 	  else echo "make: missing$$missing and not root: the tests that need them will be skipped"; fi; \
 	fi
 
-# the quick tier for day-to-day work: no test that starts a process of its own
+# the quick tier for day-to-day work: no test that starts a process of its own or takes over ~1.5 s on AVX2 paths
 test-quick: $(VENV)/installed
 	$(BIN)/python -m pytest -m "not slow"
 
