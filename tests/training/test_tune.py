@@ -3,6 +3,7 @@ best.toml. Trials are tiny (width 4, 128 training images, 2 epochs)."""
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -193,3 +194,30 @@ def test_two_processes_creating_one_new_database_both_open_it(tmp_path, monkeypa
     monkeypatch.setattr(optuna.storages, "RDBStorage", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
     with pytest.raises(tune.NinError, match="cannot open it \\(no\\)"):
         tune.load(study)
+
+
+@pytest.mark.slow  # seconds on an AVX2-only CPU: the full suite, not the quick tier
+def test_a_folder_study_names_its_folder_in_the_command_that_retrains_the_best(tmp_path, capsys):
+    """best.toml holds settings, not the data's folder (a flag): the command tune prints and writes into best.toml
+    gives --data-dir too, and runs as printed."""
+    from PIL import Image
+
+    photos, out = tmp_path / "my photos", tmp_path / "study"
+    for split, n in (("train", 24), ("test", 4)):
+        for c, shade in (("cat", 40), ("dog", 200)):
+            (photos / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (12, 12), (shade + i, shade, 255 - shade)).save(photos / split / c / f"{i}.png")
+    tiny = ["--preset", "fast", "--width", "4", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+            "--precision", "fp32", "--image-size", "8", "--resize", "8"]  # fmt: skip
+    command = ["tune", "--dataset", "folder", "--data-dir", str(photos), *tiny, "--trials", "1",
+               "--space", str(tmp_path / "space.toml"), "--pruner", "none", "--out", str(out)]  # fmt: skip
+    (tmp_path / "space.toml").write_text(SPACE)
+    assert main(command) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    retrain = said.split("; ", 1)[1].removesuffix(" trains the best on all the training data")
+    assert retrain == f"nin train --config {out / 'best.toml'} --data-dir '{photos}'"  # quoted: the space
+    assert f"# {retrain} trains it on all the training data." in (out / "best.toml").read_text()
+    run = tmp_path / "best-run"
+    assert main([*shlex.split(retrain)[1:], "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"] == "folder"

@@ -53,7 +53,7 @@ def add_choose(commands: argparse._SubParsersAction) -> None:
 
 def tune(args: argparse.Namespace) -> int:
     from nin.training.guards import Stopped
-    from nin.training.tune import optuna_module, prepare, write_outputs
+    from nin.training.tune import optuna_module, prepare, retrain_command, write_outputs
     from nin.training.tune import tune as run_study
 
     optuna_module()  # the missing extra is the first thing to hear about
@@ -71,8 +71,8 @@ def tune(args: argparse.Namespace) -> int:
     print(", ".join(f"{n} {state}" for state, n in result["states"].items()) + "; " + (
           f"best: trial {best['trial']:04d}, val acc {best['val_acc']:.4f}, {best['params']}" if best
           else "no trial complete yet"))  # fmt: skip
-    print(f"wrote {study.out / 'tune.json'}, {study.out / 'tune.png'}" + (f"; nin train --config "
-          f"{study.out / 'best.toml'} trains the best on all the training data" if best else ""))  # fmt: skip
+    print(f"wrote {study.out / 'tune.json'}, {study.out / 'tune.png'}" + (
+          f"; {retrain_command(study)} trains the best on all the training data" if best else ""))  # fmt: skip
     return 0
 
 

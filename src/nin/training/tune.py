@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import random
+import shlex
 import socket
 import sys
 import time
@@ -337,11 +338,18 @@ def write_outputs(study: Study, s: Any) -> dict:
         config = from_dict({**study.base.to_dict(), **best["params"], "val_split": 0, "train_limit": 0})
         head = (f"# nin tune: the best of {sum(result['states'].values())} trials of study {study.name!r} (trial "
                 f"{best['trial']:04d}, validation accuracy {best['val_acc']:.4f}; its run: {best['run']}).\n"
-                f"# nin train --config {out / 'best.toml'} trains it on all the training data.\n")  # fmt: skip
+                f"# {retrain_command(study)} trains it on all the training data.\n")  # fmt: skip
         atomic_write_text(out / "best.toml", head + to_toml(config.to_dict()))
     plot_tune(result["history"], importances(s), out / "tune.png",
               f"study {study.name}: " + ", ".join(f"{n} {state}" for state, n in result["states"].items()))  # fmt: skip
     return result
+
+
+def retrain_command(study: Study) -> str:
+    """The command that trains the winner on all the training data: best.toml, and the folder the study read
+    (a flag, not a setting: a config file does not hold it)."""
+    folder = f" --data-dir {shlex.quote(str(study.data_dir))}" if study.data_dir is not None else ""
+    return f"nin train --config {shlex.quote(str(study.out / 'best.toml'))}{folder}"
 
 
 def prepare(base: Config, name: str, fixed: set[str], out: Path | None = None, space: Path | None = None,
