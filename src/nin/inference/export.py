@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,9 +52,11 @@ def to_onnx(model: nn.Module, config: Config, spec: Spec, path: Path, record: di
     # the exporter logs a warning per torchvision operator it cannot register; nin uses none of them
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     example = torch.zeros(2, spec.channels, config.resize, config.resize)
-    program = torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=["logits"],
-                                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
-                                verbose=False)  # fmt: skip
+    with warnings.catch_warnings():  # torch's exporter calls its own deprecated pytree API: nothing for the user to do
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+        program = torch.onnx.export(model.eval(), (example,), input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                    verbose=False)  # fmt: skip
     proto = program.model_proto
     if calibration is not None:
         proto = _int8(proto, calibration)
