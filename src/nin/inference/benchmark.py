@@ -85,11 +85,25 @@ def forms(run: Run, folder: Path, data_dir: Path | None) -> tuple[dict[str, tupl
         if "export extra" not in str(e):
             raise
         return found, [*notes, f"onnx: left out ({e})"]
+    compiled, more = openvino_forms(onnx)
+    return found | compiled, notes + more
+
+
+def openvino_forms(onnx: dict[str, Path]) -> tuple[dict[str, tuple[Any, Path]], list[str]]:
+    """The ONNX files (by precision) compiled by OpenVINO, and notes on those it left out: all when it is not
+    installed, one when its CPU plugin cannot compile it (an operation without a kernel for this CPU)."""
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return found, [*notes, "openvino: left out, not installed (pip install openvino)"]
-    return found | {f"openvino {precision}": (OpenVino(path), path) for precision, path in onnx.items()}, notes
+        return {}, ["openvino: left out, not installed (pip install openvino)"]
+    found, notes = {}, []
+    for precision, path in onnx.items():
+        try:
+            found[f"openvino {precision}"] = (OpenVino(path), path)
+        except RuntimeError as e:  # OpenVINO's error for a model it cannot compile: its last line says why
+            why = [line for line in str(e).splitlines() if line.strip()][-1][:200]
+            notes.append(f"openvino {precision}: left out, OpenVINO cannot compile it for this CPU ({why})")
+    return found, notes
 
 
 def benchmark(run: Run, data_dir: str | Path | None = None, repeats: int = 200, rounds: int = 20,

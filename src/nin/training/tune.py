@@ -82,6 +82,9 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
+CREATION_RACE = ("already exists", "UNIQUE constraint failed: alembic_version")
+
+
 def load(study: Study, worker: int = 0) -> Any:
     """The Optuna study (created on first use); a study with other settings or space is an error."""
     optuna = optuna_module()
@@ -96,7 +99,9 @@ def load(study: Study, worker: int = 0) -> Any:
                 )  # fmt: skip
             break
         except Exception as e:  # SQLAlchemy's errors for a bad URL or an unreachable database have no common base
-            if "already exists" in str(e) and attempt < 2:  # two processes created a new database's tables at once
+            # two processes created a new database at once: the loser finds the tables, or the schema's version row,
+            # already written; opening it again finds the database whole
+            if any(sign in str(e) for sign in CREATION_RACE) and attempt < 2:
                 time.sleep(0.5)
                 continue
             raise NinError(f"--storage {study.storage}: cannot open it ({str(e).splitlines()[0][:200]})") from None
