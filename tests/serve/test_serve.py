@@ -2,6 +2,7 @@
 uploads with one JSON sentence and goes on serving, answers 50 clients at once; and a real browser drives the
 page of `nin serve` started from the command line."""
 
+import asyncio
 import base64
 import contextlib
 import http.client
@@ -18,13 +19,16 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import nin
 from helpers import require, require_system
 from nin.cli import get_args_parser, main
 from nin.data.types import Spec
+from nin.inference.cam import class_maps
 from nin.serve.app import EXTRA, MAX_UPLOAD, PAGE
 
 require("uvicorn")
@@ -342,6 +346,66 @@ def test_one_forward_pass_per_request(port, run, test_images):
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("case", ["a small image", "a large image", "a costly network"])
+def test_small_work_is_done_on_the_event_loop_and_large_work_in_a_thread(run, test_images, monkeypatch, case):
+    """A thread hand-off cost more than classifying a small image; a large image or a network over INLINE_MACS
+    still goes to a thread, so that it cannot hold up the event loop and DECODE_TIMEOUT holds."""
+    from nin.serve import app as serve
+
+    where, inputs = [], serve.inputs
+
+    def recorded(*args):
+        try:
+            asyncio.get_running_loop()
+            where.append("event loop")
+        except RuntimeError:  # no loop runs in this thread
+            where.append("thread")
+        return inputs(*args)
+
+    monkeypatch.setattr(serve, "inputs", recorded)
+    data = test_images[0][0]
+    if case == "a large image":  # 257x257: one pixel row and column over INLINE_PIXELS
+        data = png(torch.from_numpy(np.array(Image.open(io.BytesIO(data)).resize((257, 257)))))
+    if case == "a costly network":
+        monkeypatch.setattr(serve, "INLINE_MACS", 1_000_000)  # the fast weights: 3.2 M per image
+    with serving(run) as port:
+        status, answer = post_image(port, data)
+    assert status == 200, answer
+    assert answer["top"][0]["class"] == test_images[1][0][0]["class"]
+    assert where == ["event loop" if case == "a small image" else "thread"]
+
+
+def test_uploads_read_in_one_turn_are_classified_in_one_forward_pass(run, test_images):
+    """As if classified one at a time (to 1e-6), in one pass; a failure of that pass reaches every request."""
+    from nin.serve.app import Batch, inputs
+
+    xs = [inputs(run, data) for data in test_images[0][:3]]
+
+    async def three(batch):
+        return await asyncio.gather(*(batch(x) for x in xs))
+
+    with forward_passes(run) as calls:
+        batched = asyncio.run(three(Batch(run)))
+    assert len(calls) == 1
+    with torch.inference_mode():
+        for x, (maps, logits) in zip(xs, batched):
+            alone_maps, alone_logits = class_maps(run.model.eval(), x)
+            assert maps.shape == alone_maps.shape and logits.shape == alone_logits.shape == (1, 10)
+            torch.testing.assert_close(logits, alone_logits, atol=1e-5, rtol=1e-5)
+    boom = types.SimpleNamespace(model=torch.nn.Sequential(Boom(), torch.nn.Identity(), torch.nn.Identity()))
+
+    async def three_failing():
+        batch = Batch(boom)
+        return await asyncio.gather(*(batch(x) for x in xs), return_exceptions=True)
+
+    assert [type(e) for e in asyncio.run(three_failing())] == [ValueError] * 3
+
+
+class Boom(torch.nn.Module):
+    def forward(self, x):
+        raise ValueError("a bug in the forward pass")
+
+
 def test_a_host_that_is_not_this_server_is_refused(port, run, test_images):
     """DNS rebinding: another site's name resolving to 127.0.0.1 reaches the server with its own Host."""
     body, kind = multipart(test_images[0][0])
@@ -498,6 +562,7 @@ def test_an_answer_over_the_decode_time_gets_503_and_keeps_its_slot(run, test_im
     monkeypatch.setattr(serve, "WORKERS", 1)
     monkeypatch.setattr(serve, "QUEUE_WAIT", 0.2)
     monkeypatch.setattr(serve, "DECODE_TIMEOUT", 0.5)
+    monkeypatch.setattr(serve, "INLINE_PIXELS", 0)  # every upload to a thread, where the time limit holds
     monkeypatch.setattr(serve, "answer", lambda *args: release.wait(10) and answer(*args))
     with serving(run) as port:
         began = time.monotonic()

@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from nin.api import Run
-from nin.data.images import MAX_PIXELS
+from nin.data.images import DAMAGED, FORMATS, MAX_PIXELS
 from nin.errors import NinError
 from nin.inference.cam import class_maps
+from nin.models.nin import layer_summary
 
 EXTRA = "pip install 'nin[serve]' (starlette, uvicorn and python-multipart)"
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of request body
@@ -50,6 +51,12 @@ READ_TIMEOUT = 30.0  # seconds to receive an upload's body (10 MB at 350 kB/s) b
 DECODE_TIMEOUT = 20.0  # seconds to decode and classify an upload (a 40-megapixel PNG: 2-3 s here) before 503
 HEADER_TIMEOUT = 10.0  # seconds a connection has to send its request's headers (a slow or idle one is closed)
 CONNECTIONS = 500  # open connections uvicorn keeps (limit_concurrency), 503 beyond: about 20 kB each at most
+# an upload of at most INLINE_PIXELS (by its header) to a network of at most INLINE_MACS per image is classified
+# on the event loop itself, batched with those read in the same turn (about 1 ms each for the fast weights):
+# handing each to a thread and back cost more than the work (docs/serve.md#under-load); larger work goes to a
+# thread, within DECODE_TIMEOUT
+INLINE_PIXELS = 256 * 256
+INLINE_MACS = 20_000_000
 LOCAL = ("localhost", "127.0.0.1", "[::1]")  # the names of this machine a browser on it uses
 SHOWN = 224  # side length of the class-map PNG
 PAGE = Path(__file__).with_name("page.html")
@@ -76,14 +83,30 @@ def check_extra() -> None:
 
 def answer(run: Run, data: bytes, cam: bool = True) -> dict:
     """The answer for one image file's bytes: the top-3 classes, and with `cam` the class map of the first."""
+    x = inputs(run, data)
+    with torch.inference_mode():  # one forward pass: the class maps, whose means are the logits
+        maps, logits = class_maps(evaluating(run), x)
+    return reply(run, x, maps, logits, cam)
+
+
+def inputs(run: Run, data: bytes) -> torch.Tensor:
+    """One image file's bytes as the network's (1, C, S, S) input, as nin predict and training's test pass make it."""
     upload = io.BytesIO(data)
     upload.name = "the uploaded file"  # how the decoder's errors name it
     try:
-        x = run.preprocess([upload])  # (1, C, S, S) float: as nin predict and training's test pass make it
+        return run.preprocess([upload])
     except NinError as e:
         raise Refused(400, str(e)) from None
-    with torch.inference_mode():  # one forward pass: the class maps, whose means are the logits
-        maps, logits = class_maps(run.model.eval(), x)
+
+
+def evaluating(run: Run) -> torch.nn.Module:
+    if run.model.training:  # once: eval() walks every layer, a tenth of a small image's time
+        run.model.eval()
+    return run.model
+
+
+def reply(run: Run, x: torch.Tensor, maps: torch.Tensor, logits: torch.Tensor, cam: bool) -> dict:
+    """The answer from one image's input `x` (1, C, S, S), its class maps and logits."""
     probs, indices = logits[0].softmax(dim=0).topk(min(3, len(run.classes)))
     top = [{"class": run.classes[i], "prob": p} for p, i in zip(probs.tolist(), indices.tolist())]
     if not cam:
@@ -92,6 +115,48 @@ def answer(run: Run, data: bytes, cam: bool = True) -> dict:
         return {"top": top, "cam": None, "note": "this run's class maps are 1x1: they cannot show where"}
     k = int(indices[0])
     return {"top": top, "cam": {"class": top[0]["class"], "size": list(maps.shape[-2:]), "png": overlay(x, maps[:, k])}}
+
+
+class Batch:
+    """The inputs of the small uploads read in one turn of the event loop, classified in one forward pass at
+    its next turn: a pass over 3 images costs about 1.5 times one over 1 (docs/serve.md#under-load)."""
+
+    def __init__(self, run: Run):
+        self.run, self.waiting = run, []
+
+    def __call__(self, x: torch.Tensor) -> asyncio.Future:
+        """A future of `x`'s class maps and logits, (1, classes, h, w) and (1, classes)."""
+        loop = asyncio.get_running_loop()
+        if not self.waiting:
+            loop.call_soon(self.classify)
+        self.waiting.append((x, loop.create_future()))
+        return self.waiting[-1][1]
+
+    def classify(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        try:
+            with torch.inference_mode():
+                maps, logits = class_maps(evaluating(self.run), torch.cat([x for x, _ in waiting]))
+        except Exception as e:  # a bug of ours: each request gets its 500, none waits for ever
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        for i, (_, future) in enumerate(waiting):
+            if not future.done():  # a cancelled request: its client went away
+                future.set_result((maps[i : i + 1], logits[i : i + 1]))
+
+
+def pixels(data: bytes) -> int | None:
+    """The pixel count an image file's header gives (nothing is decoded), None where the header does not open:
+    the full decode then says what is wrong."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            return img.width * img.height
+    except (Image.DecompressionBombError, *DAMAGED):
+        return None
 
 
 def overlay(x: torch.Tensor, heat: torch.Tensor) -> str:
@@ -190,7 +255,8 @@ def app(run: Run, hosts: Iterable[str] = LOCAL):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    page, gate = PAGE.read_bytes(), asyncio.Semaphore(WORKERS)
+    page, gate, batch = PAGE.read_bytes(), asyncio.Semaphore(WORKERS), Batch(run)
+    cheap = sum(row["macs"] for row in layer_summary(run.model, run.config.resize, run.spec.channels)) <= INLINE_MACS
     name = run.card["name"] if run.card else run.path.resolve().name  # a name, not the server's file path
 
     async def index(request) -> Response:
@@ -217,7 +283,11 @@ def app(run: Run, hosts: Iterable[str] = LOCAL):
             raise Refused(503, f"the server is busy with {WORKERS} other uploads; try again shortly") from None
         held = False  # past DECODE_TIMEOUT, the slot is released when the thread ends, not here
         try:
-            work = asyncio.ensure_future(run_in_threadpool(answer, run, await read_upload(request), cam))
+            data = await read_upload(request)
+            if cheap and (pixels(data) or MAX_PIXELS) <= INLINE_PIXELS:  # on the event loop, no thread
+                x = inputs(run, data)
+                return reply(run, x, *await batch(x), cam)
+            work = asyncio.ensure_future(run_in_threadpool(answer, run, data, cam))
             try:
                 return await asyncio.wait_for(asyncio.shield(work), DECODE_TIMEOUT)
             except TimeoutError:
