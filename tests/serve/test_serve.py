@@ -346,10 +346,11 @@ def test_one_forward_pass_per_request(port, run, test_images):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("case", ["a small image", "a large image", "a costly network"])
+@pytest.mark.parametrize("case", ["a small image", "not an image", "a large image", "a costly network"])
 def test_small_work_is_done_on_the_event_loop_and_large_work_in_a_thread(run, test_images, monkeypatch, case):
-    """A thread hand-off cost more than classifying a small image; a large image or a network over INLINE_MACS
-    still goes to a thread, so that it cannot hold up the event loop and DECODE_TIMEOUT holds."""
+    """A thread hand-off cost more than classifying a small image (or refusing a file whose header does not
+    open); a large image or a network over INLINE_MACS still goes to a thread, so that it cannot hold up the
+    event loop and DECODE_TIMEOUT holds."""
     from nin.serve import app as serve
 
     where, inputs = [], serve.inputs
@@ -366,13 +367,19 @@ def test_small_work_is_done_on_the_event_loop_and_large_work_in_a_thread(run, te
     data = test_images[0][0]
     if case == "a large image":  # 257x257: one pixel row and column over INLINE_PIXELS
         data = png(torch.from_numpy(np.array(Image.open(io.BytesIO(data)).resize((257, 257)))))
+    if case == "not an image":
+        data = b"GIF89a, or anything else" * 1000
     if case == "a costly network":
         monkeypatch.setattr(serve, "INLINE_MACS", 1_000_000)  # the fast weights: 3.2 M per image
     with serving(run) as port:
         status, answer = post_image(port, data)
-    assert status == 200, answer
-    assert answer["top"][0]["class"] == test_images[1][0][0]["class"]
-    assert where == ["event loop" if case == "a small image" else "thread"]
+    if case == "not an image":
+        assert (status, answer["error"]) == (400, "the uploaded file: not a supported image format; nin reads PNG, "
+                                                  "JPEG, BMP or WebP files")  # fmt: skip
+    else:
+        assert status == 200, answer
+        assert answer["top"][0]["class"] == test_images[1][0][0]["class"]
+    assert where == ["event loop" if case in ("a small image", "not an image") else "thread"]
 
 
 def test_uploads_read_in_one_turn_are_classified_in_one_forward_pass(run, test_images):

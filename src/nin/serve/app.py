@@ -20,8 +20,10 @@ connections (503 beyond); `WORKERS` uploads are read, decoded and classified at 
 is refused (413) from its Content-Length, and the read stops there whatever the header said, or after
 `READ_TIMEOUT` seconds (408); images over `MAX_PIXELS` are refused from their header, before they are decoded
 (data.images.open_image, then the run's preprocessing: data/preprocess.py), and an answer that takes over
-`DECODE_TIMEOUT` seconds is 503 (its slot stays taken until its thread ends: a thread cannot be stopped).
-Starlette and uvicorn are the serve extra's.
+`DECODE_TIMEOUT` seconds is 503 (its slot stays taken until its thread ends: a thread cannot be stopped). Small
+work is not handed to a thread: an image of at most `INLINE_PIXELS` for a network of at most `INLINE_MACS`, or a
+file that is not an image, is answered on the event loop, with the other small uploads read in the same turn in
+one forward pass (`Batch`). Starlette and uvicorn are the serve extra's.
 """
 
 from __future__ import annotations
@@ -148,8 +150,8 @@ class Batch:
 
 
 def pixels(data: bytes) -> int | None:
-    """The pixel count an image file's header gives (nothing is decoded), None where the header does not open:
-    the full decode then says what is wrong."""
+    """The pixel count an image file's header gives (nothing is decoded); None where the header does not open,
+    as the decoder then fails at once, at the same point, and says what is wrong."""
     from PIL import Image
 
     try:
@@ -284,7 +286,7 @@ def app(run: Run, hosts: Iterable[str] = LOCAL):
         held = False  # past DECODE_TIMEOUT, the slot is released when the thread ends, not here
         try:
             data = await read_upload(request)
-            if cheap and (pixels(data) or MAX_PIXELS) <= INLINE_PIXELS:  # on the event loop, no thread
+            if cheap and (pixels(data) or 0) <= INLINE_PIXELS:  # on the event loop, no thread (not an image: too)
                 x = inputs(run, data)
                 return reply(run, x, *await batch(x), cam)
             work = asyncio.ensure_future(run_in_threadpool(answer, run, data, cam))
