@@ -469,34 +469,56 @@ def test_info_shows_no_file_path():
     assert response.status_code == 200 and response.json()["model"] == "shirts" and "private" not in response.text
 
 
-def slow_upload(port: int) -> socket.socket:
-    """A client that announces 1,000 bytes of body, sends 10 and waits."""
+def slow_upload(port: int, length: int = 1000) -> socket.socket:
+    """A client that announces `length` bytes of body, sends 10 and waits."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
-                 b"Content-Length: 1000\r\n\r\n--x\r\nConte")  # fmt: skip
+                 b"Content-Length: %d\r\n\r\n--x\r\nConte" % length)  # fmt: skip
     return sock
 
 
-def test_uploads_are_read_one_turn_at_a_time_within_a_time_limit(run, test_images, monkeypatch):
-    """A slow upload holds one of the WORKERS while its body is read (so at most WORKERS bodies are in
-    memory), the next upload waits QUEUE_WAIT for its turn and gets 503, the slow one gets 408 at
-    READ_TIMEOUT, and then the server answers again."""
+BUSY = (503, {"error": "the server is busy with other uploads; try again shortly"})
+
+
+@pytest.mark.parametrize("slots", ["WORKERS", "SMALL_WORKERS"])
+def test_uploads_are_read_one_turn_at_a_time_within_a_time_limit(run, test_images, monkeypatch, slots):
+    """A slow upload holds one of the slots while its body is read (so at most WORKERS large bodies and
+    SMALL_WORKERS small ones are in memory), the next upload waits QUEUE_WAIT for its turn and gets 503, the
+    slow one gets 408 at READ_TIMEOUT, and then the server answers again."""
     from nin.serve import app as serve
 
-    monkeypatch.setattr(serve, "WORKERS", 1)
+    monkeypatch.setattr(serve, slots, 1)
+    if slots == "WORKERS":
+        monkeypatch.setattr(serve, "SMALL_UPLOAD", 0)  # every upload is a large one
     monkeypatch.setattr(serve, "QUEUE_WAIT", 0.2)
     monkeypatch.setattr(serve, "READ_TIMEOUT", 0.8)
     with serving(run) as port:
         slow = slow_upload(port)
         time.sleep(0.1)  # its turn taken
-        assert post_image(port, test_images[0][0]) == (503, {"error": "the server is busy with 1 other uploads; "
-                                                                      "try again shortly"})  # fmt: skip
+        assert post_image(port, test_images[0][0]) == BUSY
         response = http.client.HTTPResponse(slow)  # its answer, at READ_TIMEOUT
         response.begin()
         assert (response.status, json.loads(response.read())) == (408, {"error": "the upload took over 0.8 s; "
                                                                           "send a smaller image"})  # fmt: skip
         slow.close()
         assert_good_request(port, test_images)
+
+
+def test_small_uploads_do_not_wait_for_large_ones(run, test_images, monkeypatch):
+    """A large upload read slowly holds the only one of the WORKERS; a small image is answered beside it, and a
+    small file of a large image waits for a WORKERS slot to be decoded (503 after QUEUE_WAIT)."""
+    from nin.serve import app as serve
+
+    monkeypatch.setattr(serve, "WORKERS", 1)
+    monkeypatch.setattr(serve, "QUEUE_WAIT", 0.2)
+    large_image = png(torch.from_numpy(np.array(Image.open(io.BytesIO(test_images[0][0])).resize((300, 300)))))
+    assert len(large_image) < serve.SMALL_UPLOAD
+    with serving(run) as port:
+        slow = slow_upload(port, serve.SMALL_UPLOAD + 1)
+        time.sleep(0.1)
+        assert_good_request(port, test_images)
+        assert post_image(port, large_image) == BUSY
+        slow.close()
 
 
 def test_connections_beyond_the_limit_get_503(run, test_images, monkeypatch):

@@ -15,8 +15,9 @@ and are served.
 Memory is bounded, so that no upload can take the server down, and time too, so that slow or idle clients cannot
 lock others out: a connection must send its request's headers (at most 16 kB, h11's limit) within `HEADER_TIMEOUT`
 seconds of its start or of its previous answer, else it is closed, and uvicorn keeps at most `CONNECTIONS`
-connections (503 beyond); `WORKERS` uploads are read, decoded and classified at a time, the others wait up to
-`QUEUE_WAIT` seconds for their turn (then 503) before a byte of their body is read; a body over `MAX_UPLOAD` bytes
+connections (503 beyond); `WORKERS` uploads are read, decoded and classified at a time (and beside them
+`SMALL_WORKERS` whose Content-Length is at most `SMALL_UPLOAD`), the others wait up to `QUEUE_WAIT` seconds for
+their turn (then 503) before a byte of their body is read; a body over `MAX_UPLOAD` bytes
 is refused (413) from its Content-Length, and the read stops there whatever the header said, or after
 `READ_TIMEOUT` seconds (408); images over `MAX_PIXELS` are refused from their header, before they are decoded
 (data.images.open_image, then the run's preprocessing: data/preprocess.py), and an answer that takes over
@@ -48,6 +49,9 @@ from nin.models.nin import layer_summary
 EXTRA = "pip install 'nin[serve]' (starlette, uvicorn and python-multipart)"
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of request body
 WORKERS = 4  # uploads read, decoded and classified at once: bounds the memory that concurrent uploads take
+# and beside them, uploads whose Content-Length is at most SMALL_UPLOAD (32 x 0.25 MB): more small uploads at
+# once make larger batches (Batch); a small file of a large image still takes one of the WORKERS to be decoded
+SMALL_WORKERS, SMALL_UPLOAD = 32, 256 * 1024
 QUEUE_WAIT = 30.0  # seconds an upload waits for one of the WORKERS before it gets 503
 READ_TIMEOUT = 30.0  # seconds to receive an upload's body (10 MB at 350 kB/s) before 408
 DECODE_TIMEOUT = 20.0  # seconds to decode and classify an upload (a 40-megapixel PNG: 2-3 s here) before 503
@@ -257,7 +261,8 @@ def app(run: Run, hosts: Iterable[str] = LOCAL):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    page, gate, batch = PAGE.read_bytes(), asyncio.Semaphore(WORKERS), Batch(run)
+    page, batch = PAGE.read_bytes(), Batch(run)
+    gate, small_slots = asyncio.Semaphore(WORKERS), asyncio.Semaphore(SMALL_WORKERS)
     cheap = sum(row["macs"] for row in layer_summary(run.model, run.config.resize, run.spec.channels)) <= INLINE_MACS
     name = run.card["name"] if run.card else run.path.resolve().name  # a name, not the server's file path
 
@@ -279,27 +284,40 @@ def app(run: Run, hosts: Iterable[str] = LOCAL):
             raise Refused(400, f"Content-Length {length[:20]!r} is not a number of bytes")
         if int(length) > MAX_UPLOAD:  # refused before it waits its turn: its body is never read
             raise Refused(413, f"the upload is over the limit of {MAX_UPLOAD // 2**20} MB; send a smaller image")
-        try:
-            await asyncio.wait_for(gate.acquire(), QUEUE_WAIT)  # before a byte of the body is read
-        except TimeoutError:
-            raise Refused(503, f"the server is busy with {WORKERS} other uploads; try again shortly") from None
-        held = False  # past DECODE_TIMEOUT, the slot is released when the thread ends, not here
+        small = "content-length" in request.headers and int(length) <= SMALL_UPLOAD
+        slots = small_slots if small else gate
+        await turn(slots)  # before a byte of the body is read
+        owned = True  # the slot is this request's to release, until a thread takes it over
         try:
             data = await read_upload(request)
             if cheap and (pixels(data) or 0) <= INLINE_PIXELS:  # on the event loop, no thread (not an image: too)
                 x = inputs(run, data)
                 return reply(run, x, *await batch(x), cam)
-            work = asyncio.ensure_future(run_in_threadpool(answer, run, data, cam))
-            try:
-                return await asyncio.wait_for(asyncio.shield(work), DECODE_TIMEOUT)
-            except TimeoutError:
-                held = True
-                work.add_done_callback(lambda done: (done.exception(), gate.release()))
-                raise Refused(503, f"the image took over {DECODE_TIMEOUT:g} s to decode and classify; send a "
-                              "smaller image") from None  # fmt: skip
+            if small:  # a small file of a large image: it needs one of the WORKERS to be decoded
+                await turn(gate)
+            else:
+                owned = False
+            return await in_thread(data, cam)
         finally:
-            if not held:
-                gate.release()
+            if owned:
+                slots.release()
+
+    async def turn(slots: asyncio.Semaphore) -> None:
+        try:
+            await asyncio.wait_for(slots.acquire(), QUEUE_WAIT)
+        except TimeoutError:
+            raise Refused(503, "the server is busy with other uploads; try again shortly") from None
+
+    async def in_thread(data: bytes, cam: bool) -> dict:
+        """answer() in a worker thread, which releases the caller's slot of the WORKERS when it ends, even past
+        DECODE_TIMEOUT: a thread cannot be stopped, and while it runs its memory is counted."""
+        work = asyncio.ensure_future(run_in_threadpool(answer, run, data, cam))
+        work.add_done_callback(lambda done: (done.cancelled() or done.exception(), gate.release()))
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), DECODE_TIMEOUT)
+        except TimeoutError:
+            raise Refused(503, f"the image took over {DECODE_TIMEOUT:g} s to decode and classify; send a smaller "
+                          "image") from None  # fmt: skip
 
     async def predict(request) -> Response:
         try:
