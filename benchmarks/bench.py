@@ -58,7 +58,10 @@ def reference_loop(config: Config, workers: int) -> dict:
     test_x, test_y = load_fashion_mnist("test")
     # the seed asks for 4 workers on any machine; PyTorch warns about it on 2 cores, we know
     warnings.filterwarnings("ignore", message="This DataLoader will create")
-    loader = dict(batch_size=config.batch_size, num_workers=workers)
+    # the workers start as the platform's default has the seed's start (fork on Linux): this process was spawned,
+    # and its inherited default would spawn them too, a fresh interpreter importing torch per worker, in the timing
+    method = multiprocessing.get_all_start_methods()[0] if workers else None
+    loader = dict(batch_size=config.batch_size, num_workers=workers, multiprocessing_context=method)
     train_iter = torch.utils.data.DataLoader(
         PILResize(train_x[: config.train_limit], train_y[: config.train_limit], config.resize), shuffle=True, **loader
     )

@@ -16,9 +16,18 @@ from nin.data.registry import load_fashion_mnist, load_split
 from nin.data.subsets import pick
 
 
-def nin(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def nin(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "nin", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run([sys.executable, "-m", "nin", *args], capture_output=True, text=True, env=env)
+
+
+def here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`nin ARGS` through the same `main`, in this process: what a process would print, without paying its
+    torch import (an exception escaping `main`, a process's traceback, fails the test)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["nin", *args], code, out, err)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -93,39 +102,39 @@ def test_summary_resize_too_small_in_a_real_process():
     assert_clean_error(nin("summary", "--resize", "32"), "too small", "67x67")
 
 
-@pytest.mark.slow  # a real process
-def test_train_smoke_and_refuses_to_overwrite(tmp_path):
+@pytest.mark.slow  # three short trainings
+def test_train_smoke_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--preset", "quick", "--epochs", "1", "--resize", "67", "--train-limit", "128",
             "--test-limit", "64", "--device", "cpu", "--out", str(out)]  # fmt: skip
-    result = nin(*args)
+    result = here(capsys, *args)
     assert result.returncode == 0, result.stderr
     assert "training on cpu" in result.stdout
     assert "examples/sec on cpu" in result.stdout and "test acc" in result.stdout
     assert (out / "checkpoint.pt").exists()
     before = (out / "checkpoint.pt").read_bytes()
-    assert_clean_error(nin(*args), "already exists", "--force")
+    assert_clean_error(here(capsys, *args), "already exists", "--force")
     assert (out / "checkpoint.pt").read_bytes() == before  # untouched
     (out / "confusion_matrix.png").write_bytes(b"from the old run")
     (out / "notes.txt").write_text("mine")
     diverging = ["--force", "--lr", "1e9", "--train-limit", "512"]
-    assert_clean_error(nin(*args, *diverging), "training diverged")
+    assert_clean_error(here(capsys, *args, *diverging), "training diverged")
     assert not (out / "checkpoint.pt").exists()  # the old run's files are gone, not mixed with the new run's
     assert not (out / "confusion_matrix.png").exists()
     assert (out / "notes.txt").read_text() == "mine"  # files that are not run files stay
-    assert nin(*args, "--force").returncode == 0
+    assert here(capsys, *args, "--force").returncode == 0
 
 
-@pytest.mark.slow  # a real process
-def test_out_that_is_a_file(tmp_path):
+def test_out_that_is_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("data")
-    assert_clean_error(nin("train", "--out", str(tmp_path / "taken"), "--force"), "is a file, not a directory")
+    assert_clean_error(here(capsys, "train", "--out", str(tmp_path / "taken"), "--force"), "is a file, not a directory")
     assert (tmp_path / "taken").read_text() == "data"
 
 
-@pytest.mark.slow  # a real process
-def test_train_default_run_directory(tmp_path):
-    result = nin("train", "--epochs", "1", "--train-limit", "64", "--test-limit", "32", "--device", "cpu", cwd=tmp_path)
+@pytest.mark.slow  # a short training
+def test_train_default_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    result = here(capsys, "train", "--epochs", "1", "--train-limit", "64", "--test-limit", "32", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "preset fast: arch=nin-bn" in result.stdout  # the default preset
     (run,) = (tmp_path / "runs").iterdir()
@@ -169,16 +178,16 @@ def test_unknown_options_and_abbreviations_are_refused(capsys, args):
     assert e.value.code == 2 and "usage:" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # a real process
-def test_bad_data_dir(tmp_path):
+def test_bad_data_dir(tmp_path, capsys):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"junk")
-    result = nin("train", "--resize", "67", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
+    result = here(capsys, "train", "--resize", "67", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"))
     assert_clean_error(result, "train-images-idx3-ubyte.gz: not a readable gzip file")
 
 
-@pytest.mark.slow  # a real process
-def test_evaluate_and_predict(trained_run, tmp_path):
-    result = nin("evaluate", str(trained_run), "--json", "--test-limit", "200", "--plot", str(tmp_path / "cm.png"))
+@pytest.mark.slow  # evaluates 200 images twice
+def test_evaluate_and_predict(trained_run, tmp_path, capsys):
+    result = here(capsys, "evaluate", str(trained_run), "--json", "--test-limit", "200",
+                  "--plot", str(tmp_path / "cm.png"))  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     matrix = torch.tensor(report["confusion_matrix"])
@@ -187,19 +196,19 @@ def test_evaluate_and_predict(trained_run, tmp_path):
     (session,) = report["record"]["sessions"]  # how the run was made
     assert (session["status"], session["precision"], session["device"]) == ("finished", "fp32", "cpu")
     assert (tmp_path / "cm.png").exists()
-    text = nin("evaluate", str(trained_run / "checkpoint.pt"), "--tta", "--test-limit", "200",
-               "--plot", str(tmp_path / "c.png"))  # fmt: skip
+    text = here(capsys, "evaluate", str(trained_run / "checkpoint.pt"), "--tta", "--test-limit", "200",
+                "--plot", str(tmp_path / "c.png"))  # fmt: skip
     assert "test accuracy with flip TTA" in text.stdout and "Ankle boot" in text.stdout
     assert "(finished): " in text.stdout and "fp32, 1 process(es), torch " in text.stdout
 
     images, _ = load_fashion_mnist("test")
     png = tmp_path / "boot.png"
     Image.fromarray(images[0].numpy()).save(png)
-    result = nin("predict", str(trained_run), str(png))
+    result = here(capsys, "predict", str(trained_run), str(png))
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip()
     assert line.startswith(f"{png}: ") and line.count(",") == 2
-    assert len(json.loads(nin("predict", str(trained_run), str(png), "--json").stdout)[0]["top"]) == 3
+    assert len(json.loads(here(capsys, "predict", str(trained_run), str(png), "--json").stdout)[0]["top"]) == 3
 
 
 @pytest.mark.slow  # a real process
