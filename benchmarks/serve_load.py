@@ -143,11 +143,12 @@ def main() -> None:
     pngs = test_pngs(args.images)
     print(f"{cpu['cpu_count']}-core {cpu['cpu']}; nin serve --weights fast (fp32, CPU), {len(pngs)} Fashion-MNIST "
           f"test PNGs, {'with' if args.cam else 'without'} the class map; {args.seconds:g} s per row")  # fmt: skip
-    session = onnx_session()
+    # the server starts while the ceiling's model is exported
     server = subprocess.Popen([sys.executable, "-m", "nin", "serve", "--weights", "fast", "--port", "0"],
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     rows = []
     try:
+        session = onnx_session()
         port = int(re.search(r":(\d+)/", server.stdout.readline()).group(1))
         bodies = requests(pngs, port, args.cam)
         asyncio.run(load(port, bodies, 1, 1.0))  # warm-up
