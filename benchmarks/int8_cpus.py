@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="fast", help="a shipped network (nin weights)")
     parser.add_argument("--test-limit", type=int, default=0, help="the first N test images only (0: all)")
     parser.add_argument("--cpu", default="EPYC-Rome", help="QEMU's CPU model for the emulated run")
+    parser.add_argument(
+        "--onnx",
+        nargs=2,
+        type=Path,
+        metavar=("FP32", "INT8"),
+        help="measure these exports of --weights (nin export) instead of exporting afresh",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args(argv)
     if shutil.which("qemu-x86_64") is None:
@@ -70,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp) / "images.npy"
         np.save(images, to_inputs(test.images, run.config.resize).numpy())
-        models = [run.export(Path(tmp) / "fp32.onnx", format="onnx"),
-                  run.export(Path(tmp) / "int8.onnx", format="onnx", quantize="int8")]  # fmt: skip
+        models = args.onnx or [run.export(Path(tmp) / "fp32.onnx", format="onnx"),
+                               run.export(Path(tmp) / "int8.onnx", format="onnx", quantize="int8")]  # fmt: skip
         here, emulated = predictions(models, images, None), predictions(models[1:], images, args.cpu)
     labels = test.labels.numpy()
     acc = lambda top: float((np.array(top) == labels).mean())  # noqa: E731

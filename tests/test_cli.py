@@ -37,14 +37,20 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in result.stderr
 
 
-@pytest.mark.slow  # a real process
-def test_help_lists_every_command():
-    result = nin("--help")
-    assert result.returncode == 0
-    listed = re.findall(r"^    (\w+)(?: |$)", result.stdout, re.MULTILINE)  # argparse's list of subcommands
+def test_help_lists_every_command(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal's width
+
+    def usage(*args: str) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main([*args, "--help"])
+        assert exited.value.code == 0
+        return capsys.readouterr().out
+
+    listed = re.findall(r"^    (\w+)(?: |$)", usage(), re.MULTILINE)  # argparse's list of subcommands
     assert listed == ["summary", "train", "sweep", "tune", "benchmark", "evaluate", "predict", "cam", "compare",
                       "report", "export", "weights", "serve"]  # fmt: skip
-    train_help = nin("train", "--help").stdout
+    train_help = usage("train")
     for flag in ("--preset", "--config", "--epochs", "--lr", "--batch-size", "--resize", "--device", "--seed",
                  "--train-limit", "--test-limit", "--out", "--force", "--data-dir", "--precision", "--resume",
                  "--checkpoint-every", "--arch", "--width", "--weight-decay", "--schedule", "--warmup",
@@ -97,9 +103,8 @@ def test_summary(capsys):
     assert "per 28x28 image" in out and "(1, 10, 3, 3)" in out
 
 
-@pytest.mark.slow  # a real process
-def test_summary_resize_too_small_in_a_real_process():
-    assert_clean_error(nin("summary", "--resize", "32"), "too small", "67x67")
+def test_summary_resize_too_small(capsys):
+    assert_clean_error(here(capsys, "summary", "--resize", "32"), "too small", "67x67")
 
 
 @pytest.mark.slow  # three short trainings

@@ -131,9 +131,14 @@ def local(device_name: str, precision: str) -> Runtime:
     return Runtime(device, autocast_dtype(device, precision))
 
 
+def env_world_size() -> int:
+    """How many processes train together: torchrun's WORLD_SIZE, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device_name: str, precision: str) -> Runtime:
     """The runtime of this process: one process, or one rank of a torchrun job (gloo on CPU, nccl on CUDA)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = env_world_size()
     device = pick_device(device_name)
     # every batch has the same shape: let cuDNN time its convolution algorithms once and keep the fastest
     torch.backends.cudnn.benchmark = device.type == "cuda"

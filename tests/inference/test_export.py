@@ -1,11 +1,13 @@
 """The seed notebook's weights in and out: a bare state_dict of its nn.Sequential is a run nin can use,
 and `nin export` writes one the notebook loads with `net.load_state_dict(torch.load(path))`."""
 
+import functools
 import json
 import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -177,10 +179,24 @@ def test_int8_export_of_a_tiny_network_predicts_as_fp32_does(tmp_path, monkeypat
     assert capsys.readouterr().out.startswith(f"{png}: ")
 
 
+@pytest.fixture(scope="module")
+def shipped_onnx(tmp_path_factory) -> Callable[[str], dict]:
+    """A shipped network's fp32 and int8 ONNX exports ({None: path, "int8": path}), made once per module: each
+    export takes seconds."""
+    require("onnxruntime")
+    folder = tmp_path_factory.mktemp("shipped-onnx")
+
+    @functools.cache
+    def exports(name: str) -> dict:
+        run = nin.load_weights(name)
+        return {q: run.export(folder / f"{name}-{q}.onnx", format="onnx", quantize=q) for q in (None, "int8")}
+
+    return exports
+
+
 @pytest.mark.slow  # two exports and the full test set: seconds each
 @pytest.mark.parametrize("name", ["fast", "mnist-fast"])
-def test_int8_shipped_weights_stay_within_half_a_point_of_fp32_on_the_full_test_set(name, tmp_path):
-    require("onnxruntime")
+def test_int8_shipped_weights_stay_within_half_a_point_of_fp32_on_the_full_test_set(name, shipped_onnx):
     from nin.data.registry import load_split
     from nin.inference.evaluate import logits
     from nin.inference.export import OnnxModel
@@ -188,22 +204,23 @@ def test_int8_shipped_weights_stay_within_half_a_point_of_fp32_on_the_full_test_
     run = nin.load_weights(name)
     test = load_split(run.spec.dataset, "test")
     accuracy = {}
-    for quantize in (None, "int8"):
-        model = OnnxModel(run.export(tmp_path / f"{quantize}.onnx", format="onnx", quantize=quantize))
+    for quantize, path in shipped_onnx(name).items():
+        model = OnnxModel(path)
         accuracy[quantize] = (logits(model, test.images, 28).argmax(1) == test.labels).float().mean().item()
     assert len(test) == 10_000 and accuracy[None] == pytest.approx(run.card["evaluation"]["test_acc"], abs=2e-4)
     assert abs(accuracy["int8"] - accuracy[None]) <= 0.005, accuracy
 
 
 @pytest.mark.slow  # 500 images through onnxruntime on an emulated CPU: ~40 s
-def test_int8_export_predicts_the_same_on_an_avx2_only_cpu():
+def test_int8_export_predicts_the_same_on_an_avx2_only_cpu(shipped_onnx):
     """Without VNNI, onnxruntime's u8s8 kernels add pairs of products in int16 and saturate on full-range int8
     weights (an export made on a VNNI CPU lost 0.85 points on an AVX2-only EPYC). The same int8 model, run on
     QEMU's AVX2-only EPYC-Rome (its CPUID shows no AVX-512 and no VNNI), gives this CPU's top-1."""
     require_system("qemu-x86_64")
     script = Path(__file__).parents[2] / "benchmarks" / "int8_cpus.py"
-    done = subprocess.run([sys.executable, str(script), "--test-limit", "500", "--json"], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    fp32, int8 = shipped_onnx("fast").values()  # the script's own export is the same call (--onnx skips it)
+    done = subprocess.run([sys.executable, str(script), "--test-limit", "500", "--onnx", str(fp32), str(int8),
+                           "--json"], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["features_emulated"] == {"AVX2": True, "AVX512F": False, "AVX512VNNI": False, "AVX512BF16": False}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nin.cli import main
 from nin.config import from_dict
 from nin.training.loop import init_model
 
@@ -33,11 +34,13 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def nin_train(nproc: int, out, *extra: str, run: list[str] = RUN) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "nin"]
-    if nproc > 1:
-        launcher = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "nin"]
-    return subprocess.run([*launcher, "train", *run, "--out", str(out), *extra], capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    """`nin train` under torchrun with `nproc` processes; with 1, in this process (the same code, without a
+    process's torch import)."""
+    args = ["train", *run, "--out", str(out), *extra]
+    if nproc == 1:
+        return subprocess.CompletedProcess(args, main(args), "", "")
+    return subprocess.run([*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "nin", *args],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 def weights(run: Path) -> dict:
@@ -88,9 +91,11 @@ def test_only_rank_0_writes_and_prints(runs):
     assert result.stdout.count("examples/sec on cpu") == 1
 
 
-def test_batch_size_must_divide(tmp_path):
-    result = nin_train(2, tmp_path / "run", "--batch-size", "95")
-    assert result.returncode != 0 and "divide" in result.stderr
+def test_batch_size_must_divide(tmp_path, monkeypatch, capsys):
+    """Checked before the ranks meet, so each rank of `torchrun --nproc-per-node=2` ends at once with this."""
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no RANK nor MASTER_ADDR: meeting the other rank would fail
+    assert main(["train", *RUN, "--batch-size", "95", "--out", str(tmp_path / "run")]) == 2
+    assert "--batch-size 95 (the global batch) does not divide among 2 processes" in capsys.readouterr().err
 
 
 def test_resume_with_another_number_of_processes_is_refused(runs):

@@ -17,14 +17,14 @@ from nin.errors import NinError
 
 pytestmark = pytest.mark.slow  # training processes killed and resumed
 
-# 10 steps per epoch, dropout and augmentation on (their RNG state must survive the restart), an lr
+# 6 steps per epoch, dropout and augmentation on (their RNG state must survive the restart), an lr
 # schedule (a function of the step), a validation split, a checkpoint every 2 steps
 RUN = ["--preset", "quick", "--resize", "67",
        "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--momentum", "0.9",
-       "--init", "kaiming", "--dropout", "0.5", "--train-limit", "640", "--test-limit", "200",
+       "--init", "kaiming", "--dropout", "0.5", "--train-limit", "384", "--test-limit", "128",
        "--device", "cpu", "--precision", "fp32", "--checkpoint-every", "2", "--schedule", "onecycle",
        "--warmup", "0.3", "--augment", "flip-crop", "--label-smoothing", "0.1", "--weight-decay", "5e-4",
-       "--val-split", "200"]  # fmt: skip
+       "--val-split", "128"]  # fmt: skip
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -70,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
     position = wait_for_mid_epoch_checkpoint(process, tmp_path / "checkpoint.pt")
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert position["step"] in (2, 4, 6, 8)
+    assert position["step"] in (2, 4)
     assert main(["train", "--resume", str(tmp_path)]) == 0
     assert_same_run(tmp_path, reference)
 

@@ -8,7 +8,6 @@ the share of parameters in the classifier head, training wall time and test accu
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -25,7 +24,7 @@ from nin.errors import NinError
 from nin.models.nin import init_kaiming, init_weights, layer_summary
 from nin.models.registry import MODELS, smallest_input
 from nin.plots import plot_compare
-from nin.runtime import Runtime, local, sync
+from nin.runtime import Runtime, env_world_size, local, sync
 from nin.training.guards import at_chance, blown
 from nin.training.provenance import provenance
 from nin.training.rundir import RunDir
@@ -49,7 +48,7 @@ def compare(names: list[str], recipe: Recipe, out_dir: Path, data_dir: Path | No
     for name in names:
         if recipe.resize < (smallest := smallest_input(name)):
             raise NinError(f"--resize {recipe.resize} is too small for {name}; it needs at least {smallest}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if env_world_size() > 1:
         raise NinError("nin compare runs in one process; start it with python -m nin or nin, not torchrun")
     rt = local(recipe.device, recipe.precision)
     train_iter, test_iter, shape = batches(recipe, data_dir, rt)

@@ -34,7 +34,7 @@ from nin.models.nin import INITS, NiN, check_resize
 from nin.models.registry import build
 from nin.models.syncbn import sync_batch_norm
 from nin.plots import plot_curves
-from nin.runtime import Runtime, setup, sync
+from nin.runtime import Runtime, env_world_size, setup, sync
 from nin.training.checkpoint import load_checkpoint, save_checkpoint
 from nin.training.guards import StopOnSignal, blown, chance_plateau, diverged
 from nin.training.progress import LiveCurves, progress_bar
@@ -85,10 +85,10 @@ def train(config: Config, out_dir: Path, data_dir: Path | None = None, resume: b
         resume = continues(config, run)
     elif not resume:
         RunDir.for_new_run(out_dir, force)
-    rt = setup(config.device, config.precision)
-    if config.batch_size % rt.world_size:
+    if config.batch_size % (n := env_world_size()):  # before the ranks meet: each says so and ends
         raise NinError(f"--batch-size {config.batch_size} (the global batch) does not divide among "
-                       f"{rt.world_size} processes; use a multiple of {rt.world_size}")  # fmt: skip
+                       f"{n} processes; use a multiple of {n}")  # fmt: skip
+    rt = setup(config.device, config.precision)
     train_set, val_set, test_set = splits(config, data_dir)
     spec = Spec.of(config.dataset, train_set, data_dir)
     net = init_model(config, train_set)
