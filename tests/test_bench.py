@@ -130,12 +130,12 @@ def test_serve_load_benchmark_prints_a_row_per_client_count_beside_the_ceiling(t
     require("uvicorn")
     script = Path(__file__).parents[1] / "benchmarks" / "serve_load.py"
     out = tmp_path / "load.json"
-    result = subprocess.run([sys.executable, str(script), "--clients", "1", "3", "--seconds", "1", "--images", "20",
-                             "--ceiling-seconds", "0.5", "--cam", "--json", str(out)],
+    result = subprocess.run([sys.executable, str(script), "--clients", "1", "3", "--seconds", "0.5", "--images", "20",
+                             "--ceiling-seconds", "0.2", "--cam", "--json", str(out)],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert "20 Fashion-MNIST test PNGs, with the class map; 1 s per row" in lines[0]
+    assert "20 Fashion-MNIST test PNGs, with the class map; 0.5 s per row" in lines[0]
     assert lines[1].split()[:5] == ["clients", "requests", "req/s", "ceiling/s", "of"]
     assert [line.split()[0] for line in lines[2:]] == ["1", "3"]
     figures = json.loads(out.read_text())
