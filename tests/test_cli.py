@@ -216,12 +216,15 @@ def test_evaluate_and_predict(trained_run, tmp_path, capsys):
     assert len(json.loads(here(capsys, "predict", str(trained_run), str(png), "--json").stdout)[0]["top"]) == 3
 
 
-@pytest.mark.slow  # a real process
-def test_bad_image_and_foreign_checkpoint_in_a_real_process(trained_run, tmp_path):
+@pytest.mark.slow  # a real process: its exit status and all it prints
+def test_bad_image_in_a_real_process(trained_run, tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     assert_clean_error(nin("predict", str(trained_run), str(tmp_path / "notes.png")), "not a supported image format")
+
+
+def test_foreign_checkpoint(tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    assert_clean_error(nin("evaluate", str(tmp_path / "other.pt")), "not a nin checkpoint")
+    assert_clean_error(here(capsys, "evaluate", str(tmp_path / "other.pt")), "not a nin checkpoint")
 
 
 @pytest.mark.slow  # a real process
