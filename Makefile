@@ -5,6 +5,9 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
+# two pytest-xdist workers, each test module in one of them (its module-wide fixtures made once), each computing
+# on its share of the cores (tests/conftest.py): on 2 cores 299 s where one process took 457 (docs/design.md#tests)
+XDIST := -n 2 --dist loadscope
 
 .PHONY: train test test-quick test-oldest notebook system
 
@@ -26,7 +29,7 @@ train: $(VENV)/installed
 test: $(VENV)/installed system
 	$(BIN)/ruff check src tests benchmarks hubconf.py
 	$(BIN)/ruff format --check src tests benchmarks hubconf.py
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # What some tests drive, from Debian, installed where missing (CI runs as root on Debian): chromium and chromedriver
 # for the browser test of nin serve (tests/serve/test_serve.py), qemu-user for int8 on an emulated AVX2-only CPU
@@ -44,7 +47,7 @@ system:
 
 # the quick tier for day-to-day work: no test that starts a process of its own or takes over ~1.5 s on AVX2 paths
 test-quick: $(VENV)/installed
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 # the floors: nin with every dependency at its declared minimum (requirements-oldest.txt), in a virtualenv of its
 # own, through the quick tier; torch is $(TORCH), the one CPU build this machine has (docs/design.md#floors)
@@ -54,7 +57,7 @@ test-oldest:
 	$(OLDEST)/bin/python -m pip install -q --no-compile -c requirements-oldest.txt $(if $(TORCH),"$(TORCH)") -e ".[dev,notebook]"
 	$(OLDEST)/bin/python $(COMPILE)
 	$(OLDEST)/bin/python -m pip check
-	$(OLDEST)/bin/python -m pytest -m "not slow" -p no:cacheprovider
+	$(OLDEST)/bin/python -m pytest $(XDIST) -m "not slow" -p no:cacheprovider
 
 # the seed chapter as a notebook (notebooks/nin.ipynb), opened in JupyterLab: installs the notebook extra first
 notebook: $(VENV)/installed

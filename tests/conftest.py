@@ -1,11 +1,23 @@
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import SHORT
 from nin.data.idx import IDX
 from nin.data.registry import BUNDLED
+from nin.data.stream import usable_cores
+
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # `make test` runs the tests in pytest-xdist workers (two on two cores): each computes on its share of the
+    # cores, or they fight over them (two workers of two threads each: slower than one process, docs/design.md).
+    # The processes a test starts get the same share: runs compared bit for bit, one trained in a process and the
+    # other in the test's, must use as many threads.
+    threads = max(1, usable_cores() // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -14,6 +26,15 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("NIN_DATA_DIR", raising=False)
     monkeypatch.delenv("NIN_DATA_MIRROR", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _threads_kept():
+    """No test changes torch's thread count for the tests after it (a run in this process compared bit for bit
+    with one in a process of its own needs the count that process gets; nin's API must not change it either)."""
+    threads = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == threads, "the test left torch with another number of threads"
 
 
 @pytest.fixture

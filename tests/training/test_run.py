@@ -129,8 +129,8 @@ def test_d2l_preset_trains_in_fp32_even_where_bf16_is_native(tmp_path, monkeypat
     records it; --precision auto is one flag away."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     flags = ["--precision", precision] if precision else []
-    args = ["train", "--preset", "d2l", "--epochs", "1", "--batch-size", "8", "--train-limit", "8",
-            "--test-limit", "8", "--device", "cpu", "--out", str(tmp_path), *flags]  # fmt: skip
+    args = ["train", "--preset", "d2l", "--resize", "67", "--epochs", "1", "--batch-size", "8", "--train-limit",
+            "8", "--test-limit", "8", "--device", "cpu", "--out", str(tmp_path), *flags]  # fmt: skip
     assert main(args) == 0
     (session,) = RunDir(tmp_path).record()["sessions"]
     assert session["precision"] == expected

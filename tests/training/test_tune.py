@@ -91,11 +91,18 @@ def test_a_trial_whose_process_is_gone_is_marked_failed(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_same_command_finishes_the_remainder_and_best_toml_trains(tmp_path, capsys):
+def test_the_same_command_finishes_the_remainder_and_best_toml_trains(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from nin.training import tune as tune_module
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(tune_module, "usable_cores", lambda: threads + 1)  # the trials run on one thread more
     space, out = tmp_path / "space.toml", tmp_path / "study"
     space.write_text(SPACE)
     command = ["tune", *TINY, "--trials", "2", "--space", str(space), "--pruner", "none", "--out", str(out)]
     assert main(command) == 0
+    assert torch.get_num_threads() == threads  # and this process has its own count again
     first = {n: (out / "trials" / n / "run.json").stat().st_mtime_ns for n in ("0000", "0001")}
     capsys.readouterr()
     command[command.index("--trials") + 1] = "3"  # the total: one more

@@ -231,8 +231,8 @@ def progress(study: Study, s: Any, t: Any) -> None:
 
 
 def work(study: Study, s: Any, threads: int) -> None:
-    """Run trials of the loaded study `s` until it has its total (or the timeout passes)."""
-    torch.set_num_threads(threads)
+    """Run trials of the loaded study `s` until it has its total (or the timeout passes), on `threads` threads
+    (then the caller's count again: `nin.tune` from a notebook leaves the kernel as it was)."""
     if counted(s) >= study.trials:
         return
 
@@ -241,8 +241,13 @@ def work(study: Study, s: Any, threads: int) -> None:
         if counted(s) >= study.trials:
             s.stop()
 
-    s.optimize(lambda trial: objective(study, s, trial), timeout=study.timeout, catch=(Surplus,),
-               callbacks=[done], gc_after_trial=False)  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        s.optimize(lambda trial: objective(study, s, trial), timeout=study.timeout, catch=(Surplus,),
+                   callbacks=[done], gc_after_trial=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
 
 
 def _worker(study: Study, worker: int, threads: int) -> None:
