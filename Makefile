@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # two pytest-xdist workers, each test module in one of them (its module-wide fixtures made once), each computing
 # on its share of the cores (tests/conftest.py): on 2 cores 302 s where one process took 457 (docs/design.md#tests)
-XDIST := -n 2 --dist loadscope
+XDIST := -n 2 --dist loadscope --max-worker-restart=0
 
 .PHONY: train test test-quick test-oldest notebook system
 
